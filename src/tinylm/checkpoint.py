@@ -1,0 +1,207 @@
+"""Self-describing checkpoint directories: atomic save, load from the path alone, best/last bookkeeping.
+
+A checkpoint directory holds:
+
+    tinylm.json          format version, model config, generation defaults, prompt template, step, metrics
+    model.safetensors    the weights (tied weights stored once)
+    tokenizer/           the tokenizer, loadable with `tinylm.tokenizers.load_tokenizer`
+    config.yaml          the resolved training config (when written by `tinylm train`)
+    trainer_state.pt     optimizer, step, epoch, data position, RNG states (only in training checkpoints)
+
+Every directory is written under a temporary name and renamed into place, and the `last` / `best` links
+are replaced atomically, so a process killed while saving never leaves a corrupt `last` or `best`.
+This module knows nothing about the training loop; it stores and restores what it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from tinylm.errors import CheckpointError
+from tinylm.model import GPTConfig, build_model
+from tinylm.tokenizers import Tokenizer, load_tokenizer
+
+FORMAT_VERSION = 1
+META_FILE = "tinylm.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode), its config, tokenizer and metadata."""
+
+    path: Path
+    model: nn.Module
+    config: GPTConfig
+    tokenizer: Tokenizer
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model: nn.Module,
+    config: GPTConfig,
+    tokenizer: Tokenizer,
+    meta: dict[str, Any] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    run_config: str | None = None,
+) -> Path:
+    """Write a complete checkpoint to `directory` atomically (a temporary sibling, then a rename)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / WEIGHTS_FILE))
+    tokenizer.save(tmp / "tokenizer")
+    info = {"format_version": FORMAT_VERSION, "model": config.to_dict(), **(meta or {})}
+    (tmp / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if run_config is not None:
+        (tmp / "config.yaml").write_text(run_config)
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / STATE_FILE)
+    _fsync_tree(tmp)
+    _replace_dir(tmp, directory)
+    return directory
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint directory (or a `last` / `best` link to one) with nothing but its path."""
+    path = Path(path)
+    meta = read_meta(path)
+    try:
+        config = GPTConfig.from_dict(meta["model"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path / META_FILE}: invalid model config: {e}") from None
+    model = build_model(config)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: missing {WEIGHTS_FILE}; the checkpoint is incomplete")
+    missing, unexpected = load_model(model, str(weights), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: weights do not match the model config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    model.to(device).eval()
+    return Checkpoint(path, model, config, load_tokenizer(path / "tokenizer"), meta)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: expected a checkpoint directory, found a file")
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        raise CheckpointError(f"{path}: not a tinylm checkpoint (no {META_FILE})")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_file}: unreadable ({e})") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{meta_file}: format_version {version!r}; this tinylm reads version {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    state_file = Path(path) / STATE_FILE
+    if not state_file.is_file():
+        raise CheckpointError(f"{path}: no {STATE_FILE}; it cannot be resumed (only loaded for inference)")
+    return torch.load(state_file, map_location="cpu", weights_only=True)
+
+
+class CheckpointManager:
+    """Step directories `step-000100/` under one folder, with `last` and `best` links and top-k pruning."""
+
+    def __init__(self, root: str | Path, *, monitor: str, mode: str = "min", save_top_k: int = 1):
+        self.root = Path(root)
+        self.monitor, self.mode, self.save_top_k = monitor, mode, save_top_k
+        self.scores: dict[str, float] = {}  # step dir name -> monitored value
+
+    def step_dir(self, step: int) -> Path:
+        return self.root / f"step-{step:06d}"
+
+    def improves(self, value: float) -> bool:
+        if self.save_top_k == 0:
+            return False
+        if self.save_top_k < 0 or len(self.scores) < self.save_top_k:
+            return True
+        worst = max(self.scores.values()) if self.mode == "min" else min(self.scores.values())
+        return value < worst if self.mode == "min" else value > worst
+
+    def record(self, step: int, value: float | None, *, last: bool) -> None:
+        """After `step_dir(step)` was saved: update links and drop checkpoints no longer needed."""
+        name = self.step_dir(step).name
+        if value is not None and self.improves(value):
+            self.scores[name] = value
+            self._trim_scores()
+            best = (
+                min(self.scores, key=self.scores.get)
+                if self.mode == "min"
+                else max(self.scores, key=self.scores.get)
+            )
+            _link(self.root / "best", best)
+        if last:
+            _link(self.root / "last", name)
+        self._prune()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scores": dict(self.scores)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scores = {k: float(v) for k, v in state.get("scores", {}).items()}
+
+    def _trim_scores(self) -> None:
+        if self.save_top_k < 0:
+            return
+        ranked = sorted(self.scores, key=self.scores.get, reverse=self.mode == "max")
+        self.scores = {k: self.scores[k] for k in ranked[: self.save_top_k]}
+
+    def _prune(self) -> None:
+        keep = set(self.scores) | {_target(self.root / "last"), _target(self.root / "best")}
+        for d in self.root.glob("step-*"):
+            if d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def _link(link: Path, target: str) -> None:
+    """Point `link` at `target` atomically (a new link under a temporary name, then a rename)."""
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def _target(link: Path) -> str | None:
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for f in directory.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())

@@ -1,0 +1,139 @@
+"""The `tinylm` command: one subcommand per verb, each parsing flags and calling one plain function.
+
+User errors (`TinylmError`: bad files, configs, arguments) print one message and exit with code 2; the
+traceback is shown only with `--debug`. Heavy imports happen inside each command, so `tinylm --help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tinylm.errors import TinylmError
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from tinylm.config import load_config
+    from tinylm.train import fit
+
+    fit(load_config(args.config, args.set))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from tinylm.api import load
+
+    lm = load(args.checkpoint)
+    reply = lm.generate(
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        stop=args.stop,
+        seed=args.seed,
+        raw=args.raw,
+    )
+    print(reply)
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from tinylm.api import load
+
+    lm = load(args.checkpoint)
+    vectors = lm.embed(args.texts, pooling=args.pooling)
+    if args.json:
+        print(json.dumps({"pooling": args.pooling, "dim": vectors.shape[1], "embeddings": vectors.tolist()}))
+        return
+    for text, vec in zip(args.texts, vectors):
+        head = " ".join(f"{v:+.4f}" for v in vec[:8].tolist())
+        print(f"{text!r}: dim {vec.numel()}, norm {vec.norm():.4f}, [{head} ...]")
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tinylm.data.formats import read_documents
+    from tinylm.tokenizers import tokenizer_stats, train_tokenizer
+
+    texts = [doc for f in args.files for doc in read_documents(f)]
+    tok = train_tokenizer(args.kind, texts, vocab_size=args.vocab_size)
+    tok.save(args.out)
+    stats = tokenizer_stats(tok, texts)
+    table = Table(title=f"{args.kind} tokenizer → {args.out}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("vocab size", f"{int(stats['vocab_size']):,}")
+    table.add_row("tokens", f"{int(stats['tokens']):,}")
+    table.add_row("characters per token", f"{stats['chars_per_token']:.3f}")
+    table.add_row("unknown-token rate", f"{stats['unk_rate']:.2%}")
+    Console().print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinylm", description="Train, run and serve small language models.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config", type=Path)
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. train.max_steps=10",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="generate a reply from a checkpoint")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("prompt")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--temperature", type=float, help="0 (the default) is greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--stop", nargs="+", help="stop strings (default: the checkpoint's)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--raw", action="store_true", help="do not apply the checkpoint's prompt template")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("embed", help="embed texts with a checkpoint")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("texts", nargs="+")
+    p.add_argument("--pooling", choices=["mean", "last"], default="mean")
+    p.add_argument("--json", action="store_true", help="print the vectors as JSON")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("tokenizer", help="tokenizer tools")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True)
+    t = tsub.add_parser("train", help="train a tokenizer on text files")
+    t.add_argument("--kind", choices=["char", "word", "bpe"], required=True)
+    t.add_argument("--vocab-size", type=int)
+    t.add_argument("files", nargs="+", type=Path)
+    t.add_argument("--out", type=Path, required=True)
+    t.set_defaults(func=cmd_tokenizer_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except TinylmError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""Typed training configs: the YAML schema, `load_config()`, and `--set key=value` overrides.
+
+A config is validated once, at load: unknown keys (with the closest valid key), wrong types and
+inconsistent values are all collected and raised together as one `ConfigError` naming the file and the
+YAML key of each problem. Nothing downstream re-reads YAML. This module does not build models or run
+anything: it only describes what to run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from tinylm.errors import ConfigError
+from tinylm.model import GPTConfig
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are rejected, values are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    path: str
+    """A data file or folder. Its format is read from the suffix (see tinylm.data.formats)."""
+    kind: Literal["qa", "text"] = "qa"
+    """`qa`: prompt/response examples; `text`: plain text for pretraining."""
+    split: str = "train"
+    val_split: str | None = None
+    """A split of the same file used for validation (SFT JSON `val`/`test`); else `val_fraction` is held out."""
+    val_fraction: float = 0.0
+    prompt_key: str | None = None
+    response_key: str | None = None
+    max_length: int = 256
+    """Tokens per training row (the model's block_size must be at least this)."""
+    stride: int | None = None
+    """Pretraining windows start every `stride` tokens (None: every token, as nanoGPT samples)."""
+    prompt_template: str = "{prompt}\n"
+    """How a Q/A prompt is laid out before its response; must contain `{prompt}`."""
+    loss_on: Literal["response", "all"] = "response"
+    packing: bool = False
+    """Pack several Q/A examples per row, with attention kept inside each example."""
+
+
+class TokenizerConfig(Section):
+    kind: Literal["char", "word", "bpe", "hf"] = "char"
+    vocab_size: int | None = None
+    path: str | None = None
+    """Load an existing tokenizer directory instead of training one on the data."""
+
+
+class TrainConfig(Section):
+    batch_size: int = 32
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    learning_rate: float = 1e-3
+    min_lr: float | None = None
+    """Floor of the cosine decay; None: learning_rate / 10."""
+    warmup: float = 0.0
+    """Warmup length: a fraction of all steps if < 1, else a number of steps."""
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
+    compile: bool = False
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    val_check_interval: int | float = 250
+    """Validate every N optimizer steps (int), or N-th of an epoch (float <= 1)."""
+    eval_batches: int = 20
+    log_every_n_steps: int = 50
+    overfit_batches: int | float = 0
+    num_sanity_val_steps: int = 2
+    num_workers: int = 0
+
+
+class CheckpointConfig(Section):
+    every_n_train_steps: int | None = None
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    save_top_k: int = 1
+    save_last: bool = True
+    resume: str | None = None
+    """`auto` (the run's last checkpoint if there is one) or a checkpoint path."""
+
+
+class WandbConfig(Section):
+    project: str = "tinylm"
+    name: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    mode: Literal["offline", "online", "disabled"] = "offline"
+
+
+class LoggerConfig(Section):
+    tensorboard: bool = False
+    wandb: WandbConfig | None = None
+
+
+class GenerationDefaults(Section):
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stop: list[str] = []
+
+
+class RunConfig(Section):
+    """Everything `tinylm train` needs: data → tokenizer → model → training → checkpoints."""
+
+    out_dir: str = "runs/default"
+    seed: int = 1337
+    data: DataConfig
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: dict[str, Any] = {}
+    """Fields of `tinylm.model.GPTConfig`; vocab_size defaults to the tokenizer's, block_size to data.max_length."""
+    train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logger: LoggerConfig = LoggerConfig()
+    generation: GenerationDefaults = GenerationDefaults()
+
+    def model_config_for(self, vocab_size: int) -> GPTConfig:
+        """The model config with vocab_size and block_size filled in from the tokenizer and data."""
+        fields = {"vocab_size": vocab_size, "block_size": self.data.max_length, **self.model}
+        return _GPT_ADAPTER.validate_python(fields)
+
+
+_GPT_ADAPTER = TypeAdapter(GPTConfig)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config, apply `key.sub=value` overrides, and validate everything at once."""
+    path = Path(path)
+    raw = read_yaml(path)
+    problems: list[str] = []
+    for item in overrides or []:
+        problems += apply_override(raw, item)
+    problems += unknown_keys(raw, RunConfig)  # removes them, so type checks below see only known keys
+    try:
+        cfg = validate(raw, str(path))
+    except ConfigError as e:
+        problems += e.problems
+    if problems:
+        raise ConfigError(problems, str(path))
+    return cfg
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError([f"file not found: {path}"], str(path))
+    if path.is_dir():
+        raise ConfigError([f"expected a YAML file, found a directory: {path}"], str(path))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not UTF-8 text (byte {e.start})"], str(path)) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError([f"{where}malformed YAML: {getattr(e, 'problem', e)}"], str(path)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            [f"expected a mapping of sections at the top, found {type(raw).__name__}"], str(path)
+        )
+    return raw
+
+
+def apply_override(raw: dict[str, Any], item: str) -> list[str]:
+    """Set `a.b.c=value` in the raw dict (value parsed as YAML). Returns problems, if any."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        return [f"--set {item!r}: expected key=value, e.g. train.max_steps=100"]
+    node = raw
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            return [f"--set {key}: '{part}' is not a section"]
+        node = child
+    node[leaf] = yaml.safe_load(value) if value.strip() else None
+    return []
+
+
+def unknown_keys(raw: Any, schema: Any, prefix: str = "") -> list[str]:
+    """Every key of `raw` that `schema` (a pydantic model or dataclass) does not know, with a suggestion.
+
+    The unknown keys are removed from `raw`, so that type checks can still run on the rest.
+    """
+    if not isinstance(raw, dict):
+        return []
+    known = _schema_fields(schema)
+    problems = []
+    for key, value in list(raw.items()):
+        name = f"{prefix}{key}"
+        if key not in known:
+            del raw[key]
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = (
+                f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(sorted(known))})"
+            )
+            problems.append(f"{name}: unknown key{hint}")
+            continue
+        sub = _section_type(known[key])
+        if sub is not None:
+            problems += unknown_keys(value, sub, f"{name}.")
+    return problems
+
+
+def _schema_fields(schema: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(schema):
+        return {f.name: None for f in dataclasses.fields(schema)}
+    return {name: f.annotation for name, f in schema.model_fields.items()}
+
+
+def _section_type(annotation: Any) -> Any:
+    """The nested section class behind an annotation (`X`, `X | None`), if it is one."""
+    candidates = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, BaseModel):
+            return c
+    if annotation == dict[str, Any]:
+        return GPTConfig
+    return None
+
+
+def validate(raw: dict[str, Any], source: str) -> RunConfig:
+    """Type-check the raw dict and the model section; raise once with every problem."""
+    problems: list[str] = []
+    cfg = None
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        problems += [_format_error(err) for err in e.errors()]
+    model = raw.get("model") or {}
+    if isinstance(model, dict):
+        problems += _model_problems(model, raw)
+    if cfg is not None:
+        problems += _consistency_problems(cfg)
+    if problems:
+        raise ConfigError(problems, source)
+    assert cfg is not None
+    return cfg
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union")))
+    found = err.get("input")
+    shown = f"; found {found!r}" if not isinstance(found, dict) else ""
+    return f"{key}: {err['msg']}{shown}"
+
+
+def _model_problems(model: dict[str, Any], raw: dict[str, Any]) -> list[str]:
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    trial = {"vocab_size": 256, "block_size": data.get("max_length", 256), **model}
+    try:
+        _GPT_ADAPTER.validate_python(trial)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            if err["type"] == "value_error":  # GPTConfig.__post_init__ lists its own problems
+                problems += _listed(str(err["ctx"]["error"]))
+            else:
+                problems.append(f"model.{_format_error(err)}")
+        return problems
+    except ValueError as e:
+        return _listed(str(e))
+    return []
+
+
+def _listed(message: str) -> list[str]:
+    """The `  - problem` lines of a GPTConfig error, each prefixed with its section."""
+    return [f"model: {line.strip()[2:]}" for line in message.splitlines() if line.strip().startswith("- ")]
+
+
+def _consistency_problems(cfg: RunConfig) -> list[str]:
+    problems = []
+    t, d, c = cfg.train, cfg.data, cfg.checkpoint
+    if t.max_steps is None and t.max_epochs is None:
+        problems.append("train: set max_steps or max_epochs")
+    if "{prompt}" not in d.prompt_template:
+        problems.append(f"data.prompt_template: must contain '{{prompt}}', found {d.prompt_template!r}")
+    if not 0.0 <= d.val_fraction < 1.0:
+        problems.append(f"data.val_fraction: expected a number in [0, 1), found {d.val_fraction}")
+    block = cfg.model.get("block_size")
+    if isinstance(block, int) and block < d.max_length:
+        problems.append(f"model.block_size: {block} is smaller than data.max_length {d.max_length}")
+    has_val = d.val_fraction > 0 or d.val_split is not None
+    if c.monitor.startswith("val_") and not has_val:
+        problems.append(
+            f"checkpoint.monitor: '{c.monitor}' needs validation data; set data.val_fraction or "
+            "data.val_split, or monitor 'train_loss'"
+        )
+    for name in ("batch_size", "accumulate_grad_batches", "log_every_n_steps", "eval_batches", "num_nodes"):
+        if getattr(t, name) < 1:
+            problems.append(f"train.{name}: expected a positive integer, found {getattr(t, name)}")
+    if cfg.tokenizer.kind == "hf" and cfg.tokenizer.path is None:
+        problems.append("tokenizer.path: the 'hf' kind loads a tokenizer directory; give its path")
+    return problems
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (stored in every checkpoint)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,7 +1,8 @@
 """The decoding loop over token ids: prefill once, then one token at a time through a static KV cache.
 
 The engine sees token ids only; text, templates and stop strings belong to the caller (`tinylm.api`).
-Models without a cache (the GRU baseline) are run on the whole sequence at every step.
+Models without a cache (the GRU baseline), and generations longer than the context window, are run on
+the (cropped) sequence at every step.
 """
 
 from __future__ import annotations
@@ -30,36 +31,39 @@ def generate_ids(
 ) -> Iterator[int]:
     """Yield up to `max_new_tokens` new token ids after `prompt`, stopping after any of `stop_ids`.
 
-    A prompt longer than the context leaves room for the reply by dropping its oldest tokens.
+    The KV cache covers the context window; a longer generation then slides the window like nanoGPT,
+    recomputing the last `block_size` tokens per step. A prompt longer than the window keeps its end.
     """
     assert len(prompt) > 0, "the prompt must hold at least one token"
     device = next(model.parameters()).device
-    max_new_tokens = min(max_new_tokens, block_size - 1)
-    prompt = list(prompt)[-(block_size - max_new_tokens) :]
-    ids = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, T)
+    ids = torch.tensor([list(prompt)[-block_size:]], dtype=torch.long, device=device)  # (1, T)
     sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     stops = set(stop_ids)
-    if not isinstance(model, GPT):
-        yield from _generate_uncached(model, ids, max_new_tokens, stops, sample)
-        return
-    cache = model.new_cache(1, len(prompt) + max_new_tokens, device=device)
-    pos = torch.arange(len(prompt), device=device)
-    logits = model(ids, input_pos=pos, cache=cache)[:, -1]
-    for i in range(max_new_tokens):
-        nxt = choose_next(logits, **sample)  # (1,)
-        token = int(nxt.item())
-        yield token
-        if token in stops or i == max_new_tokens - 1:
-            return
-        pos = pos[-1:] + 1
-        logits = model(nxt[:, None], input_pos=pos, cache=cache)[:, -1]
+    produced = 0
+    if isinstance(model, GPT) and ids.size(1) < block_size:
+        n_cached = min(max_new_tokens, block_size - ids.size(1))
+        cache = model.new_cache(1, ids.size(1) + n_cached, device=device)
+        pos = torch.arange(ids.size(1), device=device)
+        logits = model(ids, input_pos=pos, cache=cache)[:, -1]
+        while produced < n_cached:
+            nxt = choose_next(logits, **sample)  # (1,)
+            token = int(nxt.item())
+            yield token
+            produced += 1
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            if token in stops:
+                return
+            if produced < n_cached:
+                pos = pos[-1:] + 1
+                logits = model(nxt[:, None], input_pos=pos, cache=cache)[:, -1]
+    yield from _generate_uncached(model, ids, max_new_tokens - produced, block_size, stops, sample)
 
 
 def _generate_uncached(
-    model: nn.Module, ids: torch.Tensor, max_new_tokens: int, stops: set[int], sample: dict
+    model: nn.Module, ids: torch.Tensor, steps: int, block_size: int, stops: set[int], sample
 ):
-    for _ in range(max_new_tokens):
-        nxt = choose_next(model(ids)[:, -1], **sample)
+    for _ in range(steps):
+        nxt = choose_next(model(ids[:, -block_size:])[:, -1], **sample)
         token = int(nxt.item())
         yield token
         if token in stops:

@@ -64,6 +64,7 @@ def fit(cfg: RunConfig) -> Path:
     if resume_from is not None and not resume_from.exists():
         raise TinylmError(f"checkpoint.resume: {resume_from} does not exist")
     fabric.seed_everything(cfg.seed, verbose=False)
+    launched = time.perf_counter()
 
     # -- setup: data, tokenizer, model, optimizer --------------------------------------------------------
     tokenizer = load_tokenizer(resume_from / "tokenizer") if resume_from else None
@@ -208,7 +209,7 @@ def fit(cfg: RunConfig) -> Path:
             _maybe_best(save, manager, cfg.checkpoint.monitor, state)
         if val_set is not None and (state.step % val_every == 0 or is_last):
             model.eval()
-            metrics = validate()
+            metrics = {**validate(), "elapsed_s": time.perf_counter() - launched}
             model.train()
             state.latest.update(metrics)
             loggers.log(metrics, state.step)

@@ -1,0 +1,70 @@
+"""Pretraining on the shared Shakespeare corpus, the GRU baseline, and packed Q/A rows."""
+
+import re
+
+import pytest
+
+from tests.conftest import SHAKESPEARE, run_cli, tiny_config, write_config
+from tinylm import load
+from tinylm.train.loggers import read_metrics
+
+needs_corpus = pytest.mark.skipif(
+    not SHAKESPEARE.exists(), reason="../shared/data/tinyshakespeare.txt missing"
+)
+
+
+def _val_losses(run_dir):
+    return [v for _, name, v in read_metrics(run_dir / "metrics.csv") if name == "val_loss"]
+
+
+@needs_corpus
+def test_short_shakespeare_run_learns_and_samples(tmp_path):
+    out = tmp_path / "shk"
+    result = run_cli(
+        "train",
+        "examples/shakespeare/cpu.yaml",
+        "--set",
+        f"data.path={SHAKESPEARE}",
+        f"out_dir={out}",
+        "train.max_steps=300",
+        "train.val_check_interval=150",
+        "train.warmup=30",
+    )
+    assert result.returncode == 0, result.stderr
+    losses = _val_losses(out)
+    assert len(losses) == 2 and losses[-1] < 2.45 < 4.17  # ln(67): where an untrained model starts
+    lm = load(out / "checkpoints" / "best")
+    assert lm.tokenizer.vocab_size == 67
+    sample = lm.generate("ROMEO:", raw=True, max_new_tokens=200, temperature=0.8, top_k=50, seed=0)
+    assert len(sample) == 200
+    assert len(re.findall(r"\b(the|and|to|I|you|my|of)\b", sample)) >= 3  # words, not noise
+
+
+@pytest.mark.slow
+@needs_corpus
+def test_cpu_recipe_reaches_val_1_89(tmp_path):
+    """examples/shakespeare/cpu.yaml as shipped: the issue's bar (nanoGPT: val 1.886 in 141 s here)."""
+    out = tmp_path / "shk"
+    result = run_cli("train", "examples/shakespeare/cpu.yaml", "--set", f"out_dir={out}", timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert min(_val_losses(out)) <= 1.89
+
+
+def test_gru_baseline_trains_and_generates(tmp_path, qa_file):
+    cfg = tiny_config(
+        tmp_path, qa_file, model={"kind": "gru", "n_layer": 2, "n_embd": 32}, train={"max_steps": 40}
+    )
+    assert run_cli("train", str(write_config(tmp_path, cfg))).returncode == 0
+    losses = [v for _, n, v in read_metrics(tmp_path / "run" / "metrics.csv") if n == "train_loss"]
+    assert losses[-1] < losses[0]
+    lm = load(tmp_path / "run" / "checkpoints" / "last")
+    assert isinstance(lm.generate("what is item one", max_new_tokens=5), str)
+
+
+def test_packed_qa_rows_train(tmp_path, qa_file):
+    cfg = tiny_config(tmp_path, qa_file, data={"packing": True, "max_length": 64}, train={"max_steps": 30})
+    result = run_cli("train", str(write_config(tmp_path, cfg)))
+    assert result.returncode == 0, result.stderr
+    assert "rows 2" in result.stderr  # five examples of ~25 tokens packed into rows of 64
+    losses = [v for _, n, v in read_metrics(tmp_path / "run" / "metrics.csv") if n == "train_loss"]
+    assert losses[-1] < losses[0]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import REPO, run_cli, tiny_config, write_config
 from tinylm.train.loggers import read_metrics
 
@@ -94,12 +96,51 @@ def test_ddp_on_two_cpu_processes(tmp_path, qa_file):
     assert (tmp_path / "run" / "checkpoints" / "last" / "model.safetensors").is_file()
 
 
-def test_tensorboard_and_wandb_offline_logs(tmp_path, qa_file):
+def test_tensorboard_and_wandb_offline_logs(tmp_path, qa_file, monkeypatch):
     cfg = tiny_config(tmp_path, qa_file)
     cfg["logger"] = {"tensorboard": True, "wandb": {"project": "tinylm-test", "mode": "offline"}}
-    env_home = {"WANDB_SILENT": "true"}
-    os.environ.update(env_home)
+    monkeypatch.setenv("WANDB_SILENT", "true")
     result = run_cli("train", str(write_config(tmp_path, cfg)))
     assert result.returncode == 0, result.stderr
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_epochs_accumulation_overfit_sanity_and_bf16(tmp_path, qa_file):
+    """The seed trainer's knobs together: max_epochs, accumulate_grad_batches, overfit_batches,
+    num_sanity_val_steps, val_check_interval as a fraction, bf16-mixed precision on the CPU."""
+    cfg = tiny_config(
+        tmp_path,
+        qa_file,
+        data={"val_fraction": 0.4},
+        train={
+            "max_steps": None,
+            "max_epochs": 6,
+            "batch_size": 1,
+            "accumulate_grad_batches": 2,
+            "overfit_batches": 2,
+            "num_sanity_val_steps": 1,
+            "val_check_interval": 0.5,
+            "precision": "bf16-mixed",
+        },
+        checkpoint={"monitor": "val_loss", "every_n_train_steps": 2},
+    )
+    result = run_cli("train", str(write_config(tmp_path, cfg)))
+    assert result.returncode == 0, result.stderr
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    # overfit_batches=2 of batch 1 with accumulation 2: one optimizer step per epoch, six in all
+    assert max(s for s, _, _ in rows) == 6
+    assert [s for s, n, _ in rows if n == "val_loss"] == [1, 2, 3, 4, 5, 6]
+    train = [v for _, n, v in rows if n == "train_loss"]
+    assert train[-1] < train[0]
+    assert (tmp_path / "run" / "checkpoints" / "best").exists()
+
+
+@pytest.mark.gpu
+def test_bf16_training_on_the_gpu(tmp_path, qa_file):
+    cfg = tiny_config(
+        tmp_path, qa_file, train={"accelerator": "cuda", "precision": "bf16-mixed", "max_steps": 10}
+    )
+    result = run_cli("train", str(write_config(tmp_path, cfg)))
+    assert result.returncode == 0, result.stderr
+    assert "on cuda" in result.stderr

@@ -31,7 +31,7 @@ from tinylm.train.loggers import CSVLog, Loggers, TensorBoardLog, WandbLog
 from tinylm.train.optim import lr_at, make_optimizer, warmup_steps_for
 from tinylm.train.progress import Progress
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from rich.progress import Progress as RichProgress
 class Progress:
     def __init__(self, total: int, *, enabled: bool = True, start: int = 0):
         self.enabled = enabled
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)
         self.live = enabled and sys.stderr.isatty()
         self.last_printed: dict[str, float] = {}
         self.t0, self.start, self.total = time.perf_counter(), start, total

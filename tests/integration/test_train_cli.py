@@ -96,6 +96,21 @@ def test_ddp_on_two_cpu_processes(tmp_path, qa_file):
     assert (tmp_path / "run" / "checkpoints" / "last" / "model.safetensors").is_file()
 
 
+def test_ddp_with_validation_and_best_checkpoints(tmp_path, qa_file):
+    """DDP with validation, top-k best and periodic saves: the run completes and keeps best and last."""
+    cfg = tiny_config(
+        tmp_path,
+        qa_file,
+        data={"val_fraction": 0.4},
+        train={"devices": 2, "strategy": "ddp", "max_steps": 6, "val_check_interval": 1, "batch_size": 1},
+        checkpoint={"monitor": "val_loss", "save_top_k": 1, "every_n_train_steps": 3},
+    )
+    result = run_cli("train", str(write_config(tmp_path, cfg)), timeout=120)
+    assert result.returncode == 0, result.stderr
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "best").exists() and (ckpts / "last").resolve().name == "step-000006"
+
+
 def test_tensorboard_and_wandb_offline_logs(tmp_path, qa_file, monkeypatch):
     cfg = tiny_config(tmp_path, qa_file)
     cfg["logger"] = {"tensorboard": True, "wandb": {"project": "tinylm-test", "mode": "offline"}}

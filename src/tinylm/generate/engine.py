@@ -39,24 +39,26 @@ def generate_ids(
     ids = torch.tensor([list(prompt)[-block_size:]], dtype=torch.long, device=device)  # (1, T)
     sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     stops = set(stop_ids)
-    produced = 0
+    produced: list[int] = []
     if isinstance(model, GPT) and ids.size(1) < block_size:
         n_cached = min(max_new_tokens, block_size - ids.size(1))
         cache = model.new_cache(1, ids.size(1) + n_cached, device=device)
         pos = torch.arange(ids.size(1), device=device)
         logits = model(ids, input_pos=pos, cache=cache)[:, -1]
-        while produced < n_cached:
+        while len(produced) < n_cached:
             nxt = choose_next(logits, **sample)  # (1,)
             token = int(nxt.item())
             yield token
-            produced += 1
-            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            produced.append(token)
             if token in stops:
                 return
-            if produced < n_cached:
+            if len(produced) < n_cached:
                 pos = pos[-1:] + 1
                 logits = model(nxt[:, None], input_pos=pos, cache=cache)[:, -1]
-    yield from _generate_uncached(model, ids, max_new_tokens - produced, block_size, stops, sample)
+        if len(produced) == max_new_tokens:
+            return
+        ids = torch.cat([ids, torch.tensor([produced], dtype=torch.long, device=device)], dim=1)
+    yield from _generate_uncached(model, ids, max_new_tokens - len(produced), block_size, stops, sample)
 
 
 def _generate_uncached(

@@ -125,34 +125,39 @@ def fit(cfg: RunConfig) -> Path:
         )
         console.print(f"data: {_fmt_stats(data.stats)}")
 
-    def save(step_value: float | None, *, last: bool) -> None:
-        if fabric.is_global_zero:
-            meta = {
-                "step": state.step,
-                "metrics": dict(state.latest),
-                "prompt_template": cfg.data.prompt_template,
-                "data_kind": cfg.data.kind,
-                "generation": cfg.generation.model_dump(),
-            }
-            trainer_state = {
-                "optimizer": optimizer.state_dict(),
-                "state": {"step": state.step, "epoch": state.epoch, "batch": state.batch},
-                "latest": dict(state.latest),
-                "manager": manager.state_dict(),
-                "rng": _rng_state(),
-            }
-            target = manager.step_dir(state.step)
-            save_checkpoint(
-                target,
-                model=raw_model,
-                config=model_cfg,
-                tokenizer=tokenizer,
-                meta=meta,
-                trainer_state=trainer_state,
-                run_config=dump_config(cfg),
-            )
-            manager.record(state.step, step_value, last=last)
+    def checkpoint(value: float | None, *, last: bool) -> None:
+        """Rank 0 saves this step (once) if `value` of the monitored metric is a new top-k or `last` is
+        asked for; every rank waits at the barrier, so all ranks take the same path."""
+        if fabric.is_global_zero and (last or (value is not None and manager.improves(value))):
+            if not manager.step_dir(state.step).exists():
+                save_step()
+            manager.record(state.step, value, last=last)
         fabric.barrier()
+
+    def save_step() -> None:
+        meta = {
+            "step": state.step,
+            "metrics": dict(state.latest),
+            "prompt_template": cfg.data.prompt_template,
+            "data_kind": cfg.data.kind,
+            "generation": cfg.generation.model_dump(),
+        }
+        trainer_state = {
+            "optimizer": optimizer.state_dict(),
+            "state": {"step": state.step, "epoch": state.epoch, "batch": state.batch},
+            "latest": dict(state.latest),
+            "manager": manager.state_dict(),
+            "rng": _rng_state(),
+        }
+        save_checkpoint(
+            manager.step_dir(state.step),
+            model=raw_model,
+            config=model_cfg,
+            tokenizer=tokenizer,
+            meta=meta,
+            trainer_state=trainer_state,
+            run_config=dump_config(cfg),
+        )
 
     def validate(max_batches: int | None = None) -> dict[str, float]:
         idx = val_idx if max_batches is None else val_idx[: max_batches * t.batch_size]
@@ -166,7 +171,6 @@ def fit(cfg: RunConfig) -> Path:
     # -- the loop -------------------------------------------------------------------------------------
     progress = Progress(total_steps, enabled=fabric.is_global_zero, start=state.step)
     batches = _batch_stream(loader, state)
-    tokens_per_micro = 0
     loss_sum = torch.zeros((), device=fabric.device)
     window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
     model.train()
@@ -178,12 +182,11 @@ def fit(cfg: RunConfig) -> Path:
             group["lr"] = lr
         for micro in range(t.accumulate_grad_batches):
             batch = {k: v.to(fabric.device, non_blocking=True) for k, v in next(batches).items()}
-            tokens_per_micro = batch["input_ids"].numel() * fabric.world_size
             with fabric.no_backward_sync(model, enabled=micro < t.accumulate_grad_batches - 1):
                 loss = compute_loss(model, batch) / t.accumulate_grad_batches
                 fabric.backward(loss)
             loss_sum += loss.detach()
-            window_tokens += tokens_per_micro
+            window_tokens += batch["input_ids"].numel() * fabric.world_size
         if t.grad_clip is not None:
             fabric.clip_gradients(model, optimizer, max_norm=t.grad_clip, error_if_nonfinite=False)
         optimizer.step()
@@ -206,7 +209,7 @@ def fit(cfg: RunConfig) -> Path:
             window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
         paused = time.perf_counter()  # validation and saving are not training throughput
         if val_set is None and (state.step % t.log_every_n_steps == 0 or is_last):
-            _maybe_best(save, manager, cfg.checkpoint.monitor, state)
+            checkpoint(state.latest.get(cfg.checkpoint.monitor), last=False)
         if val_set is not None and (state.step % val_every == 0 or is_last):
             model.eval()
             metrics = {**validate(), "elapsed_s": time.perf_counter() - launched}
@@ -214,13 +217,10 @@ def fit(cfg: RunConfig) -> Path:
             state.latest.update(metrics)
             loggers.log(metrics, state.step)
             progress.note(f"step {state.step}: val_loss {metrics['val_loss']:.4f}")
-            _maybe_best(save, manager, cfg.checkpoint.monitor, state)
+            checkpoint(state.latest.get(cfg.checkpoint.monitor), last=False)
         every = cfg.checkpoint.every_n_train_steps
         if (every and state.step % every == 0) or (is_last and cfg.checkpoint.save_last):
-            if manager.step_dir(state.step).exists():
-                manager.record(state.step, None, last=True)
-            else:
-                save(None, last=True)
+            checkpoint(None, last=True)
         window_t0 += time.perf_counter() - paused
         progress.update(state.step, state.latest)
     progress.close()
@@ -267,15 +267,6 @@ def _batch_stream(loader: BatchLoader, state: TrainState):
             yield batch
         state.epoch += 1
         state.batch = 0
-
-
-def _maybe_best(save, manager: CheckpointManager, monitor: str, state: TrainState) -> None:
-    value = state.latest.get(monitor)
-    if value is not None and manager.improves(value):
-        if manager.step_dir(state.step).exists():
-            manager.record(state.step, value, last=False)
-        else:
-            save(value, last=False)
 
 
 def _overfit_limit(overfit: int | float, n: int, global_batch: int) -> int | None:

@@ -1,23 +1,77 @@
-"""The Python API over a checkpoint: `load(path)` → `LM` with `.generate(...)` and `.embed(...)`.
+"""The Python API over a model: `load(name_or_path)` → `LM` with `.generate`, `.complete`, `.stream`, `.embed`.
 
-`LM` speaks text: it lays prompts out with the checkpoint's prompt template, encodes them, runs the
-generation engine over token ids, and cuts the reply at stop strings. It does not train.
+`LM` speaks text: it lays prompts out (the checkpoint's prompt template, or a chat template), encodes them,
+runs the generation engine over token ids, and turns ids back into text cut at stop strings. It does not
+train, and it holds no conversation state (that is `tinylm.chat`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from tinylm.chat.templates import render_chat
 from tinylm.checkpoint import Checkpoint, load_checkpoint
-from tinylm.generate import generate_ids
+from tinylm.errors import TinylmError
+from tinylm.generate.detok import TextStream
+from tinylm.generate.engine import Generated, generate_batch
+from tinylm.generate.sampling import SamplingParams
+
+Prompt = str | list[dict[str, str]]  # plain text, or chat messages
+
+
+@dataclass
+class Completion:
+    """One generated reply with its accounting."""
+
+    text: str
+    tokens: list[int]
+    logprobs: list[float] | None
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+
+
+@dataclass
+class GenerationOptions:
+    """Every decoding option, with the defaults used when neither the call nor the checkpoint sets one."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool = False
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] | None = None
+    seed: int | None = None
+    logprobs: bool = False
+
+    def sampling(self) -> SamplingParams:
+        names = {f.name for f in fields(SamplingParams)}
+        params = SamplingParams(**{k: getattr(self, k) for k in names})
+        problems = params.validate()
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens: expected >= 1, found {self.max_new_tokens}")
+        if self.num_beams < 1:
+            problems.append(f"num_beams: expected >= 1, found {self.num_beams}")
+        if problems:
+            raise TinylmError("invalid generation options: " + "; ".join(problems))
+        return params
 
 
 class LM:
-    """A loaded model with its tokenizer and generation defaults."""
+    """A loaded model with its tokenizer, prompt template and generation defaults."""
 
     def __init__(self, checkpoint: Checkpoint):
         self.checkpoint = checkpoint
@@ -25,65 +79,90 @@ class LM:
         self.tokenizer = checkpoint.tokenizer
         self.config = checkpoint.config
         self.prompt_template: str = checkpoint.meta.get("prompt_template", "{prompt}")
-        self.defaults: dict = checkpoint.meta.get("generation", {})
+        self.defaults: dict[str, Any] = checkpoint.meta.get("generation", {})
+        self.chat_template: str | None = checkpoint.meta.get("chat_template_name")
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    # -- text in, text out --------------------------------------------------------------------------
     def generate(
-        self,
-        prompt: str,
-        *,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        stop: list[str] | None = None,
-        seed: int | None = None,
-        raw: bool = False,
-    ) -> str:
-        """The model's reply to `prompt` (laid out with the prompt template unless `raw`), without the prompt.
+        self, prompt: Prompt | list[Prompt], *, chat: bool = False, raw: bool = False, **options
+    ) -> Any:
+        """The reply to `prompt` (a string or chat messages), or a list of replies for a list of prompts."""
+        many = isinstance(prompt, list) and not _is_messages(prompt)
+        done = self.complete(prompt if many else [prompt], chat=chat, raw=raw, **options)
+        return [c.text for c in done] if many else done[0].text
 
-        Greedy by default (temperature 0); stops at end-of-sequence, at a stop string, or after
-        `max_new_tokens`.
-        """
-        opts = self._options(max_new_tokens, temperature, top_k, top_p, stop)
-        text = prompt if raw else self.prompt_template.format(prompt=prompt)
-        ids = self.tokenizer.encode(text) or [self.tokenizer.eos_id]
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+    def complete(
+        self, prompts: list[Prompt], *, chat: bool = False, raw: bool = False, **options
+    ) -> list[Completion]:
+        """Generate for a batch of prompts (left-padded, each stopping on its own); full accounting."""
+        opts, params = self._options(options)
+        laid_out = [self._layout(p, chat=chat, raw=raw) for p in prompts]
+        ids = [self._encode(text) for text, _ in laid_out]
+        stop_ids = self._stop_ids(opts)
+        if opts.num_beams > 1:
+            rows = [self._beam(i, opts, stop_ids) for i in ids]
+        else:
+            rows = generate_batch(
+                self.model,
+                ids,
+                max_new_tokens=opts.max_new_tokens,
+                block_size=self.config.block_size,
+                params=params,
+                stop_ids=stop_ids,
+                generator=self._generator(opts.seed),
+            )
         out = []
+        for row, prompt_ids, (_, extra) in zip(rows, ids, laid_out):
+            stream = TextStream(self.tokenizer, [*opts.stop, *extra])
+            for t in row.tokens:
+                if t in stop_ids:
+                    break
+                stream.push(t)
+            stream.finish()
+            reason = "stop" if row.finish_reason == "stop" or stream.stopped else "length"
+            text = stream.text()
+            out.append(
+                Completion(text, row.tokens, row.logprobs if opts.logprobs else None, reason, len(prompt_ids))
+            )
+        return out
+
+    def stream(self, prompt: Prompt, *, chat: bool = False, raw: bool = False, **options) -> Iterator[str]:
+        """Text pieces of the reply as they are generated; they concatenate to exactly `generate`'s text."""
+        from tinylm.generate.engine import generate_ids
+
+        opts, params = self._options(options)
+        text, extra = self._layout(prompt, chat=chat, raw=raw)
+        stream = TextStream(self.tokenizer, [*opts.stop, *extra])
+        stop_ids = self._stop_ids(opts)
         for token in generate_ids(
             self.model,
-            ids,
-            max_new_tokens=opts["max_new_tokens"],
+            self._encode(text),
+            max_new_tokens=opts.max_new_tokens,
             block_size=self.config.block_size,
-            temperature=opts["temperature"],
-            top_k=opts["top_k"],
-            top_p=opts["top_p"],
-            stop_ids=[self.tokenizer.eos_id],
-            generator=generator,
+            params=params,
+            stop_ids=stop_ids,
+            generator=self._generator(opts.seed),
         ):
-            if token == self.tokenizer.eos_id:
+            if token in stop_ids:
                 break
-            out.append(token)
-        return cut_at_stop(self.tokenizer.decode(out), opts["stop"])
+            piece = stream.push(token)
+            if piece:
+                yield piece
+            if stream.stopped:
+                break
+        tail = stream.finish()
+        if tail:
+            yield tail
 
-    def _options(self, max_new_tokens, temperature, top_k, top_p, stop) -> dict:
-        given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p}
-        opts = {"max_new_tokens": 64, "temperature": 0.0, "top_k": None, "top_p": None, "stop": []}
-        opts.update({k: v for k, v in self.defaults.items() if k in opts})
-        opts.update({k: v for k, v in given.items() if v is not None})
-        if stop is not None:
-            opts["stop"] = stop
-        return opts
-
+    # -- embeddings ---------------------------------------------------------------------------------
     @torch.no_grad()
     def token_embeddings(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Per-token hidden states (B, T, n_embd) of right-padded `texts`, and the mask (B, T) of real tokens."""
-        encoded = [
-            self.tokenizer.encode(t)[-self.config.block_size :] or [self.tokenizer.eos_id] for t in texts
-        ]
+        encoded = [self._encode(t)[-self.config.block_size :] for t in texts]
         width = max(len(e) for e in encoded)
         ids = torch.full((len(encoded), width), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros((len(encoded), width), dtype=torch.bool)
@@ -103,13 +182,63 @@ class LM:
         m = mask.unsqueeze(-1).float()
         return (hidden * m).sum(1) / m.sum(1)
 
+    # -- helpers ------------------------------------------------------------------------------------
+    def _options(self, given: dict[str, Any]) -> tuple[GenerationOptions, SamplingParams]:
+        known = {f.name for f in fields(GenerationOptions)}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise TypeError(f"unknown generation option(s) {unknown}; known: {sorted(known)}")
+        merged = {k: v for k, v in self.defaults.items() if k in known}
+        merged.update({k: v for k, v in given.items() if v is not None})
+        opts = GenerationOptions(**merged)
+        return opts, opts.sampling()
 
-def cut_at_stop(text: str, stops: list[str]) -> str:
-    """`text` up to the first occurrence of any stop string."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
-    return text[:cut]
+    def _layout(self, prompt: Prompt, *, chat: bool, raw: bool) -> tuple[str, list[str]]:
+        """(prompt text, extra stop strings from a chat template)."""
+        if _is_messages(prompt):
+            return render_chat(prompt, self.tokenizer, self.chat_template)
+        if chat:
+            return render_chat([{"role": "user", "content": prompt}], self.tokenizer, self.chat_template)
+        return (prompt if raw else self.prompt_template.format(prompt=prompt)), []
+
+    def _encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text)
+        if self.tokenizer.bos_id is not None and getattr(self.tokenizer, "kind", "") == "hf" and not ids:
+            ids = [self.tokenizer.bos_id]
+        return ids or [self.tokenizer.eos_id]
+
+    def _stop_ids(self, opts: GenerationOptions) -> list[int]:
+        return sorted({self.tokenizer.eos_id, *(opts.stop_token_ids or [])})
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        return torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+
+    def _beam(self, prompt_ids: list[int], opts: GenerationOptions, stop_ids: list[int]) -> Generated:
+        from tinylm.generate.beam import beam_search
+
+        best, _score = beam_search(
+            self.model,
+            prompt_ids,
+            num_beams=opts.num_beams,
+            max_new_tokens=opts.max_new_tokens,
+            eos_ids=stop_ids,
+            length_penalty=opts.length_penalty,
+            early_stopping=opts.early_stopping,
+        )[0]
+        ended = bool(best) and best[-1] in stop_ids
+        return Generated(tokens=best, logprobs=[], finish_reason="stop" if ended else "length")
 
 
-def load(path: str | Path, *, device: str | torch.device = "cpu") -> LM:
-    """Load a tinylm checkpoint directory (or a run's `last`/`best` link) as an `LM`."""
+def _is_messages(prompt: Any) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(m, dict) for m in prompt)
+
+
+def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> LM:
+    """Load a tinylm checkpoint directory, a run's `last`/`best` link, a registry name such as
+    `smollm2-135m-instruct`, or a Hugging Face model directory (converted once and cached)."""
+    path = Path(name_or_path)
+    if not (path / "tinylm.json").is_file():
+        from tinylm.convert import resolve_model
+
+        path = resolve_model(name_or_path)
     return LM(load_checkpoint(path, device=device))

@@ -25,24 +25,63 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from tinylm.api import load
 
-    lm = load(args.checkpoint)
-    reply = lm.generate(
-        args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        stop=args.stop,
-        seed=args.seed,
-        raw=args.raw,
+    lm = load(args.model)
+    options = {
+        name: getattr(args, name)
+        for name in (
+            "max_new_tokens",
+            "temperature",
+            "top_k",
+            "top_p",
+            "min_p",
+            "repetition_penalty",
+            "frequency_penalty",
+            "presence_penalty",
+            "no_repeat_ngram_size",
+            "num_beams",
+            "length_penalty",
+            "stop",
+            "stop_token_ids",
+            "seed",
+        )
+    }
+    if args.early_stopping:
+        options["early_stopping"] = True
+    if args.system and not args.chat:
+        raise TinylmError("--system needs --chat")
+    prompt = (
+        [{"role": "system", "content": args.system}, {"role": "user", "content": args.prompt}]
+        if args.system
+        else args.prompt
     )
-    print(reply)
+    if args.stream:
+        for piece in lm.stream(prompt, chat=args.chat, raw=args.raw, **options):
+            print(piece, end="", flush=True)
+        print()
+        return
+    print(lm.generate(prompt, chat=args.chat, raw=args.raw, **options))
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tinylm.convert import available_models
+
+    table = Table(title="models")
+    for col in ("name", "source", "installed", "converted", "path"):
+        table.add_column(col)
+    for m in available_models():
+        table.add_row(
+            m["name"], m["source"], str(m["installed"]), str(m["converted"]), str(m.get("path") or "")
+        )
+    Console().print(table)
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
     from tinylm.api import load
 
-    lm = load(args.checkpoint)
+    lm = load(args.model)
     vectors = lm.embed(args.texts, pooling=args.pooling)
     if args.json:
         print(json.dumps({"pooling": args.pooling, "dim": vectors.shape[1], "embeddings": vectors.tolist()}))
@@ -89,20 +128,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("generate", help="generate a reply from a checkpoint")
-    p.add_argument("checkpoint", type=Path)
+    p = sub.add_parser("generate", help="generate a reply with a checkpoint or a pretrained model")
+    p.add_argument("model", help="a checkpoint dir, a model name (see `tinylm models`) or an HF model dir")
     p.add_argument("prompt")
+    p.add_argument("--chat", action="store_true", help="send the prompt as a user message (chat template)")
+    p.add_argument("--system", help="a system message (with --chat)")
+    p.add_argument("--stream", action="store_true", help="print the reply as it is generated")
+    p.add_argument("--raw", action="store_true", help="do not apply the checkpoint's prompt template")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--temperature", type=float, help="0 (the default) is greedy")
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--frequency-penalty", type=float)
+    p.add_argument("--presence-penalty", type=float)
+    p.add_argument("--no-repeat-ngram-size", type=int)
+    p.add_argument("--num-beams", type=int)
+    p.add_argument("--length-penalty", type=float)
+    p.add_argument("--early-stopping", action="store_true")
     p.add_argument("--stop", nargs="+", help="stop strings (default: the checkpoint's)")
+    p.add_argument("--stop-token-ids", type=int, nargs="+")
     p.add_argument("--seed", type=int)
-    p.add_argument("--raw", action="store_true", help="do not apply the checkpoint's prompt template")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("embed", help="embed texts with a checkpoint")
-    p.add_argument("checkpoint", type=Path)
+    p = sub.add_parser("models", help="list the pretrained models tinylm can load offline")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("embed", help="embed texts with a checkpoint or a pretrained model")
+    p.add_argument("model")
     p.add_argument("texts", nargs="+")
     p.add_argument("--pooling", choices=["mean", "last"], default="mean")
     p.add_argument("--json", action="store_true", help="print the vectors as JSON")

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA's enable_gqa
+
 KINDS = ("gpt", "gru")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi")
 NORMS = ("layernorm", "rmsnorm")
@@ -52,6 +54,7 @@ class GPTConfig:
     mlp: Literal["gelu", "gelu_tanh", "relu", "swiglu"] = "gelu"
     dropout: float = 0.0
     bias: bool = True  # bias on every Linear (except lm_head) and LayerNorm
+    qkv_bias: bool | None = None  # bias on the q/k/v projection alone (Qwen2); None -> `bias`
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
@@ -220,7 +223,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.kv_heads, config.head_size
         qkv_size = (self.n_head + 2 * self.n_kv_head) * self.head_size
-        self.qkv = nn.Linear(config.n_embd, qkv_size, bias=config.bias)
+        qkv_bias = config.bias if config.qkv_bias is None else config.qkv_bias
+        self.qkv = nn.Linear(config.n_embd, qkv_size, bias=qkv_bias)
         self.proj = nn.Linear(self.n_head * self.head_size, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_drop = nn.Dropout(config.dropout)
@@ -252,14 +256,23 @@ class CausalSelfAttention(nn.Module):
             cache_k.index_copy_(2, input_pos, k.to(cache_k.dtype))
             cache_v.index_copy_(2, input_pos, v.to(cache_v.dtype))
             k, v = cache_k.to(q.dtype), cache_v.to(q.dtype)  # (B, nkv, max_len, hs)
-        if nkv != nh:  # kv head i serves query heads i*g .. (i+1)*g - 1, like HF repeat_kv
+        gqa = {}
+        if nkv != nh and _SDPA_GQA:  # kv head i serves query heads i*g .. (i+1)*g - 1, like HF repeat_kv
+            gqa = {"enable_gqa": True}
+        elif nkv != nh:  # torch < 2.5: expand the kv heads (a copy)
             k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)
             v = v.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(q.dtype)
         assert mask is not None or k.size(2) == T, "attention over a cache needs an explicit mask"
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=mask is None
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None,
+            **gqa,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, nh*hs)
         return self.resid_drop(self.proj(y))
@@ -398,18 +411,23 @@ class GPT(nn.Module):
         input_pos: Tensor | None = None,
         segment_ids: Tensor | None = None,
         cache: KVCache | None = None,
+        positions: Tensor | None = None,
+        key_mask: Tensor | None = None,
     ) -> Tensor:
         """idx (B, T) token ids -> logits (B, T, vocab_size) in the compute dtype.
 
         input_pos (T,): absolute positions of the tokens (default 0..T-1); required with `cache`.
         segment_ids (B, T): packed sequences; attention stays inside a run of equal ids and positions
         restart at each run. cache: a `new_cache()` to write this pass's keys/values into and attend over.
+        Left-padded batches: positions (B, T) are each row's own token positions (for the position
+        encoding; `input_pos` still names the cache slots), and key_mask (B, S) marks the real tokens
+        among the S keys (S = cache.max_len with a cache, else T).
         """
-        return self.lm_head(self._hidden(idx, input_pos, segment_ids, cache))
+        return self.lm_head(self._hidden(idx, input_pos, segment_ids, cache, positions, key_mask))
 
     def embeddings(self, idx: Tensor, *, segment_ids: Tensor | None = None) -> Tensor:
         """idx (B, T) -> (B, T, n_embd): per-token hidden states after the final norm, the input of lm_head."""
-        return self._hidden(idx, None, segment_ids, None)
+        return self._hidden(idx, None, segment_ids, None, None, None)
 
     def new_cache(
         self,
@@ -434,7 +452,13 @@ class GPT(nn.Module):
         )
 
     def _hidden(
-        self, idx: Tensor, input_pos: Tensor | None, segment_ids: Tensor | None, cache: KVCache | None
+        self,
+        idx: Tensor,
+        input_pos: Tensor | None,
+        segment_ids: Tensor | None,
+        cache: KVCache | None,
+        positions: Tensor | None,
+        key_mask: Tensor | None,
     ) -> Tensor:
         c = self.config
         T = idx.size(1)
@@ -453,25 +477,31 @@ class GPT(nn.Module):
         else:
             pos = torch.arange(T, device=idx.device)[None]  # (1, T)
 
+        emb_pos = pos
+        if positions is not None:
+            assert positions.shape == idx.shape, f"positions {positions.shape} != idx {idx.shape}"
+            emb_pos = positions.clamp(min=0)  # (B, T); padding positions are masked out anyway
         x = self.wte(idx)  # (B, T, C)
         if c.pos == "learned":
-            x = x + self.wpe(pos)
+            x = x + self.wpe(emb_pos)
         elif c.pos == "sinusoidal":
-            x = x + self.sinusoid[pos].to(x.dtype)
+            x = x + self.sinusoid[emb_pos].to(x.dtype)
         x = self.drop(x)
-        rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]) if c.pos == "rope" else None
-        mask = self._attn_mask(pos, seg, cache)
+        rope = (self.rope_cos[emb_pos][:, None], self.rope_sin[emb_pos][:, None]) if c.pos == "rope" else None
+        mask = self._attn_mask(pos, seg, cache, key_mask)
         for i, block in enumerate(self.h):
             x = block(x, rope, mask, cache.layers[i] if cache is not None else None, input_pos)
         return self.ln_f(x)
 
-    def _attn_mask(self, pos: Tensor, seg: Tensor | None, cache: KVCache | None) -> Tensor | None:
+    def _attn_mask(
+        self, pos: Tensor, seg: Tensor | None, cache: KVCache | None, key_mask: Tensor | None = None
+    ) -> Tensor | None:
         """None for plain causal attention (SDPA's fast path), else a mask broadcastable to (B, nh, T, S).
 
         Bool (True = may attend) for causal + segment + cache masks; float (0 or ALiBi bias, -inf where
         masked) with ALiBi. pos (b, T) are the query positions.
         """
-        if cache is None and seg is None and self.config.pos != "alibi":
+        if cache is None and seg is None and key_mask is None and self.config.pos != "alibi":
             return None
         T = pos.size(1)
         if cache is None:  # causal by index within the pass; keys have the queries' positions
@@ -482,6 +512,9 @@ class GPT(nn.Module):
         else:  # cache slot j holds position j
             key_pos = torch.arange(cache.max_len, device=pos.device)[None]  # (1, S)
             allowed = key_pos[:, None, :] <= pos[:, :, None]  # (1, T, S)
+        if key_mask is not None:
+            allowed = allowed & key_mask[:, None, :]  # (B, T, S)
+            allowed = allowed | ~allowed.any(-1, keepdim=True)  # a padding query attends anywhere, never NaN
         if self.config.pos != "alibi":
             return allowed[:, None]  # (b, 1, T, S)
         distance = (pos[:, :, None] - key_pos[:, None, :]).float()  # (b, T, S)

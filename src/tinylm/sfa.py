@@ -8,7 +8,6 @@ Both train a small GPT from scratch on the file (the recipe in `tinylm/recipes/s
 from __future__ import annotations
 
 import hashlib
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -17,11 +16,8 @@ from torch import Tensor
 
 from tinylm.api import LM, load
 from tinylm.config import load_config
+from tinylm.convert import tinylm_home
 from tinylm.data.formats import read_examples
-
-
-def tinylm_home() -> Path:
-    return Path(os.environ.get("TINYLM_HOME", Path.home() / ".cache" / "tinylm"))
 
 
 def train_or_load(path: str | Path, *, overrides: list[str] | None = None) -> LM:

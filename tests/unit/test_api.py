@@ -97,3 +97,14 @@ def test_chat_uses_a_named_template_for_our_models(tmp_path):
     )
     assert stops == ["<|im_end|>"]
     assert isinstance(lm.generate("hi", chat=True), str)
+
+
+def test_beam_search_through_the_api(tmp_path):
+    from tinylm.generate.beam import beam_search
+
+    lm = _bpe_lm(tmp_path)
+    ids = lm.tokenizer.encode("héllo")
+    best = beam_search(lm.model, ids, num_beams=3, max_new_tokens=6, eos_ids=[lm.tokenizer.eos_id])[0][0]
+    done = lm.complete(["héllo"], num_beams=3, max_new_tokens=6)[0]
+    assert done.tokens == best
+    assert done.text == lm.tokenizer.decode([t for t in best if t != lm.tokenizer.eos_id], skip_special=True)

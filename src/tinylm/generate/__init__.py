@@ -1,6 +1,8 @@
-"""Generation: logits processors (`sampling`) and the decoding loop over token ids (`engine`)."""
+"""Generation over token ids: logits processors (`sampling`), the batched decoding loop (`engine`), beam
+search (`beam`) and incremental detokenization (`detok`)."""
 
-from tinylm.generate.engine import generate_ids
-from tinylm.generate.sampling import choose_next
+from tinylm.generate.beam import beam_search
+from tinylm.generate.engine import generate_batch, generate_ids
+from tinylm.generate.sampling import SamplingParams, choose, choose_next
 
-__all__ = ["choose_next", "generate_ids"]
+__all__ = ["SamplingParams", "beam_search", "choose", "choose_next", "generate_batch", "generate_ids"]

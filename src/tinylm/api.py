@@ -17,7 +17,7 @@ from torch import Tensor
 
 from tinylm.chat.templates import render_chat
 from tinylm.checkpoint import Checkpoint, load_checkpoint
-from tinylm.errors import TinylmError
+from tinylm.errors import CheckpointError, TinylmError
 from tinylm.generate.detok import TextStream
 from tinylm.generate.engine import Generated, generate_batch
 from tinylm.generate.sampling import SamplingParams
@@ -56,6 +56,8 @@ class GenerationOptions:
     stop_token_ids: list[int] | None = None
     seed: int | None = None
     logprobs: bool = False
+    max_prompt_tokens: int | None = None
+    """Keep only the last N tokens of a longer prompt."""
 
     def sampling(self) -> SamplingParams:
         names = {f.name for f in fields(SamplingParams)}
@@ -101,7 +103,9 @@ class LM:
         """Generate for a batch of prompts (left-padded, each stopping on its own); full accounting."""
         opts, params = self._options(options)
         laid_out = [self._layout(p, chat=chat, raw=raw) for p in prompts]
-        ids = [self._encode(text) for text, _ in laid_out]
+        ids = [
+            self._encode(text)[-(opts.max_prompt_tokens or self.config.block_size) :] for text, _ in laid_out
+        ]
         stop_ids = self._stop_ids(opts)
         if opts.num_beams > 1:
             rows = [self._beam(i, opts, stop_ids) for i in ids]
@@ -237,6 +241,8 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> LM:
     """Load a tinylm checkpoint directory, a run's `last`/`best` link, a registry name such as
     `smollm2-135m-instruct`, or a Hugging Face model directory (converted once and cached)."""
     path = Path(name_or_path)
+    if not path.exists() and len(path.parts) > 1:  # a path, not a model name
+        raise CheckpointError(f"{path}: no such checkpoint directory")
     if not (path / "tinylm.json").is_file():
         from tinylm.convert import resolve_model
 

@@ -112,6 +112,33 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> None:
     Console().print(table)
 
 
+def cmd_test(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tinylm.config import load_test_config
+    from tinylm.evaluate import run_test
+
+    cfg = load_test_config(args.config, args.set)
+    metrics = run_test(cfg)
+    table = Table(
+        title=f"{cfg.test_params.test_model_path or cfg.model_name} on {cfg.data.data_dir} [{cfg.data.split}]"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{int(value)}" if name == "count" else f"{value:.4f}")
+    Console().print(table)
+    print(f"generations logged to {cfg.test_params.log_file}")
+
+
+def cmd_inspect_data(args: argparse.Namespace) -> None:
+    from tinylm.config import load_config
+    from tinylm.train.inspect import inspect_data
+
+    inspect_data(load_config(args.config, args.set), examples=args.examples)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinylm", description="Train, run and serve small language models.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
@@ -127,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="override config keys, e.g. train.max_steps=10",
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="generate answers for a data split and report BLEU / ROUGE / exact match")
+    p.add_argument("config", type=Path, help="a seed-style test_config.yaml")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser(
+        "inspect-data", help="show which tokens carry loss, truncation and end-of-sequence checks"
+    )
+    p.add_argument("config", type=Path)
+    p.add_argument("--examples", type=int, default=3)
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_inspect_data)
 
     p = sub.add_parser("generate", help="generate a reply with a checkpoint or a pretrained model")
     p.add_argument("model", help="a checkpoint dir, a model name (see `tinylm models`) or an HF model dir")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from tinylm.errors import ConfigError
+from tinylm.errors import ConfigError, TinylmError
 from tinylm.model import GPTConfig
 
 
@@ -83,6 +83,31 @@ class TrainConfig(Section):
     overfit_batches: int | float = 0
     num_sanity_val_steps: int = 2
     num_workers: int = 0
+    compute_metrics: bool = False
+    """At each validation, also generate answers for `metric_examples` val examples: BLEU, ROUGE, exact match."""
+    metric_examples: int = 32
+    freeze: FreezeConfig | None = None
+    lora: LoRAConfig | None = None
+    """Train low-rank adapters instead of the weights; checkpoints hold the merged weights."""
+
+
+class FreezeConfig(Section):
+    """Which parameter groups stay fixed while fine-tuning (the seed's freeze_* flags)."""
+
+    emb: bool = False
+    ln: bool = False
+    attn: bool = False
+    ff: bool = False
+    other: bool = False
+    keep: list[str] = []
+    """Parameter-name patterns never frozen (the seed's layers_not_to_freeze): globs like 'h.5.*' or substrings."""
+
+
+class LoRAConfig(Section):
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = ["attn.qkv", "attn.proj"]
 
 
 class CheckpointConfig(Section):
@@ -121,6 +146,9 @@ class RunConfig(Section):
 
     out_dir: str = "runs/default"
     seed: int = 1337
+    init_from: str | None = None
+    """Start from pretrained weights: a tinylm checkpoint, a model name (`tinylm models`) or an HF model dir.
+    The model config and tokenizer then come from it; `model` may only override dropout."""
     data: DataConfig
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: dict[str, Any] = {}
@@ -144,8 +172,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     path = Path(path)
     raw = read_yaml(path)
     problems: list[str] = []
-    for item in overrides or []:
+    for item in overrides or []:  # in the file's own schema: the seed's keys for a seed config
         problems += apply_override(raw, item)
+    if is_seed_trainer(raw):
+        problems += seed_unknown_keys(raw, SEED_TRAINER_SCHEMA)
+        if (raw.get("data") or {}).get("on_tpu"):
+            problems.append("data.on_tpu: TPUs are not supported; set it to false")
+        raw = translate_seed_trainer(raw)
     problems += unknown_keys(raw, RunConfig)  # removes them, so type checks below see only known keys
     try:
         cfg = validate(raw, str(path))
@@ -304,6 +337,17 @@ def _consistency_problems(cfg: RunConfig) -> list[str]:
     for name in ("batch_size", "accumulate_grad_batches", "log_every_n_steps", "eval_batches", "num_nodes"):
         if getattr(t, name) < 1:
             problems.append(f"train.{name}: expected a positive integer, found {getattr(t, name)}")
+    if cfg.init_from is not None and set(cfg.model) - {"dropout"}:
+        extra = ", ".join(sorted(set(cfg.model) - {"dropout"}))
+        problems.append(
+            f"model: with init_from the architecture comes from the pretrained model; remove {extra}"
+        )
+    if t.lora is not None and c.resume is not None:
+        problems.append(
+            "checkpoint.resume: resuming a LoRA run is not supported yet (checkpoints hold merged weights)"
+        )
+    if t.freeze is not None and t.lora is not None:
+        problems.append("train: choose freeze or lora, not both (lora already freezes the base weights)")
     if cfg.tokenizer.kind == "hf" and cfg.tokenizer.path is None:
         problems.append("tokenizer.path: the 'hf' kind loads a tokenizer directory; give its path")
     return problems
@@ -312,3 +356,221 @@ def _consistency_problems(cfg: RunConfig) -> list[str]:
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML (stored in every checkpoint)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The seed's SFT configs (trainer_config.yaml, test_config.yaml), accepted as written
+
+SEED_TRAINER_SCHEMA: dict[str, Any] = {
+    "data": {"batch_size": 0, "data_dir": 0, "max_length": 0, "on_tpu": 0, "truncate_promt": 0},
+    "model_name": 0,
+    "model_params": dict.fromkeys(
+        [
+            "adam_betas",
+            "do_compute_metrics",
+            "learning_rate",
+            "use_cache",
+            "warmup_steps_per_cent",
+            "weight_decay",
+            "do_freeze",
+            "freeze_emb",
+            "freeze_ln",
+            "freeze_attn",
+            "freeze_ff",
+            "freeze_other",
+            "layers_not_to_freeze",
+        ],
+        0,
+    ),
+    "seed": 0,
+    "trainer": {
+        "checkpoint": {"dirpath": 0, "every_n_train_steps": 0, "log_obg": 0, "mode": 0},
+        "ckpt_path": 0,
+        "params": dict.fromkeys(
+            [
+                "accelerator",
+                "accumulate_grad_batches",
+                "gradient_clip_val",
+                "log_every_n_steps",
+                "max_epochs",
+                "num_sanity_val_steps",
+                "overfit_batches",
+                "precision",
+                "val_check_interval",
+            ],
+            0,
+        ),
+    },
+    "wandb": {"api": 0, "args": {"group": 0, "job_type": 0, "name": 0, "project_name": 0}},
+}
+SEED_PROMPT = "Question: {prompt}\nAnswer:"
+_SEED_PRECISION = {"16": "16-mixed", "32": "32-true", "bf16": "bf16-mixed", "64": "32-true"}
+
+
+def is_seed_trainer(raw: dict[str, Any]) -> bool:
+    return "model_name" in raw and "trainer" in raw
+
+
+def seed_unknown_keys(raw: Any, schema: dict[str, Any], prefix: str = "") -> list[str]:
+    """Keys of a seed config that its schema does not have, with the closest valid key."""
+    problems = []
+    for key, value in (raw or {}).items() if isinstance(raw, dict) else []:
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            problems.append(f"{prefix}{key}: unknown key{hint}")
+        elif isinstance(schema[key], dict):
+            problems += seed_unknown_keys(value, schema[key], f"{prefix}{key}.")
+    return problems
+
+
+def translate_seed_trainer(raw: dict[str, Any]) -> dict[str, Any]:
+    """The seed's trainer_config.yaml as a tinylm run config (a raw dict, validated like any other)."""
+    data, mp = raw.get("data") or {}, raw.get("model_params") or {}
+    trainer = raw.get("trainer") or {}
+    ck, params = trainer.get("checkpoint") or {}, trainer.get("params") or {}
+    warmup = mp.get("warmup_steps_per_cent", 0.0) or 0.0
+    train: dict[str, Any] = {
+        "batch_size": data.get("batch_size", 8),
+        "max_epochs": params.get("max_epochs", 1),
+        "learning_rate": mp.get("learning_rate", 5e-5),
+        "weight_decay": mp.get("weight_decay", 0.0),
+        "warmup": warmup / 100
+        if warmup >= 1
+        else warmup,  # a per-cent value or a fraction: both read as a fraction
+        "compute_metrics": bool(mp.get("do_compute_metrics", False)),
+    }
+    if "adam_betas" in mp:
+        train["betas"] = list(mp["adam_betas"])
+    for seed_key, key in [
+        ("accelerator", "accelerator"),
+        ("accumulate_grad_batches", "accumulate_grad_batches"),
+        ("gradient_clip_val", "grad_clip"),
+        ("log_every_n_steps", "log_every_n_steps"),
+        ("num_sanity_val_steps", "num_sanity_val_steps"),
+        ("overfit_batches", "overfit_batches"),
+        ("val_check_interval", "val_check_interval"),
+    ]:
+        if params.get(seed_key) is not None:
+            train[key] = params[seed_key]
+    if train.get("accelerator") == "gpu":
+        train["accelerator"] = "cuda"
+    if "precision" in params:
+        train["precision"] = _SEED_PRECISION.get(str(params["precision"]), str(params["precision"]))
+    if mp.get("do_freeze"):
+        train["freeze"] = {
+            name: bool(mp.get(f"freeze_{name}", False)) for name in ("emb", "ln", "attn", "ff", "other")
+        } | {"keep": list(mp.get("layers_not_to_freeze") or [])}
+    path = seed_data_file(data.get("data_dir", ""))
+    has_val = path is not None and "val" in _splits(path)
+    out: dict[str, Any] = {
+        "out_dir": ck.get("dirpath", "runs/sft"),
+        "seed": raw.get("seed", 1337),
+        "init_from": raw.get("model_name"),
+        "data": {
+            "path": str(path or data.get("data_dir", "")),
+            "kind": "qa",
+            "split": "train",
+            "max_length": data.get("max_length", 256),
+            "prompt_template": SEED_PROMPT,
+            "loss_on": "response",
+            **({"val_split": "val"} if has_val else {"val_fraction": 0.1}),
+        },
+        "train": train,
+        "checkpoint": {
+            "every_n_train_steps": ck.get("every_n_train_steps"),
+            "monitor": ck.get("log_obg", "val_loss"),
+            "mode": ck.get("mode", "min"),
+            "resume": trainer.get("ckpt_path"),
+        },
+    }
+    wandb = raw.get("wandb")
+    if wandb:
+        args = wandb.get("args") or {}
+        out["logger"] = {
+            "wandb": {
+                "project": args.get("project_name", "tinylm"),
+                "name": args.get("name"),
+                "group": args.get("group"),
+                "job_type": args.get("job_type"),
+                "mode": "offline",
+            }
+        }
+    return out
+
+
+def seed_data_file(data_dir: str | Path) -> Path | None:
+    """The seed's data_dir names a JSON file, or a folder holding exactly one."""
+    p = Path(data_dir)
+    if p.is_dir():
+        files = sorted(p.glob("*.json"))
+        return files[0] if len(files) == 1 else None
+    return p if p.exists() else None
+
+
+def _splits(path: Path) -> list[str]:
+    from tinylm.data.formats import available_splits
+
+    try:
+        return available_splits(path)
+    except TinylmError:  # a bad file is reported when the data is read, with its own message
+        return []
+
+
+class SeedTestData(Section):
+    data_dir: str
+    max_prompt_length: int = 256
+    padding: bool | str = True
+    padding_side: Literal["left", "right"] = "left"
+    split: str = "test"
+    truncate_promt: bool = True
+
+
+class SeedGenerateParams(Section):
+    do_sample: bool = False
+    max_new_tokens: int = 64
+    no_repeat_ngram_size: int = 0
+    top_k: int | None = None
+    top_p: float | None = None
+    temperature: float = 1.0
+    num_beams: int = 1
+
+
+class SeedTestParams(Section):
+    do_compute_metrics: bool = True
+    log_file: str = "test_log.jsonl"
+    save_steps: int = 16
+    test_model_path: str | None = None
+    batch_size: int = 8
+
+
+class TestRunConfig(Section):
+    """The seed's test_config.yaml, field for field (`tinylm test`)."""
+
+    cuda: bool = False
+    data: SeedTestData
+    generate_params: SeedGenerateParams = SeedGenerateParams()
+    model_name: str
+    seed: int = 42
+    test_params: SeedTestParams = SeedTestParams()
+    use_cache: bool = True
+    wandb: dict[str, Any] | None = None
+
+
+def load_test_config(path: str | Path, overrides: list[str] | None = None) -> TestRunConfig:
+    """Read and validate a seed-style test config; every problem reported at once."""
+    path = Path(path)
+    raw = read_yaml(path)
+    problems: list[str] = []
+    for item in overrides or []:
+        problems += apply_override(raw, item)
+    problems += unknown_keys(raw, TestRunConfig)
+    try:
+        cfg = TestRunConfig.model_validate(raw)
+    except ValidationError as e:
+        problems += [_format_error(err) for err in e.errors()]
+        cfg = None
+    if problems:
+        raise ConfigError(problems, str(path))
+    assert cfg is not None
+    return cfg

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, tiny_config, write_config
-from tinylm.config import RunConfig, load_config
+from tinylm.config import RunConfig, load_config, load_test_config
 from tinylm.errors import ConfigError
 
 SHIPPED = sorted(REPO.glob("examples/*/*.yaml")) + sorted((REPO / "src/tinylm/recipes").glob("*.yaml"))
@@ -12,6 +12,9 @@ SHIPPED = sorted(REPO.glob("examples/*/*.yaml")) + sorted((REPO / "src/tinylm/re
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_yaml_loads(path: Path):
+    if path.name == "test_config.yaml":  # the seed's test schema (`tinylm test`)
+        assert load_test_config(path).data.split == "test"
+        return
     cfg = load_config(path)
     assert isinstance(cfg, RunConfig)
     assert cfg.model_config_for(100).vocab_size == 100
@@ -85,3 +88,100 @@ def test_missing_file_and_directory(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="found a directory"):
         load_config(tmp_path)
+
+
+def test_seed_trainer_config_translates_field_for_field(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "qa.json").write_text('{"train": [{"Question": "q", "Answer": "a"}], "test": []}')
+    seed = {
+        "data": {
+            "batch_size": 4,
+            "data_dir": str(data),
+            "max_length": 99,
+            "on_tpu": False,
+            "truncate_promt": True,
+        },
+        "model_name": "smollm2-135m-instruct",
+        "model_params": {
+            "adam_betas": [0.8, 0.9],
+            "do_compute_metrics": True,
+            "learning_rate": 2e-5,
+            "use_cache": True,
+            "warmup_steps_per_cent": 10,
+            "weight_decay": 0.01,
+            "do_freeze": True,
+            "freeze_emb": True,
+            "freeze_ln": False,
+            "freeze_attn": True,
+            "freeze_ff": False,
+            "freeze_other": False,
+            "layers_not_to_freeze": ["h.29."],
+        },
+        "seed": 5,
+        "trainer": {
+            "checkpoint": {
+                "dirpath": "runs/x",
+                "every_n_train_steps": 7,
+                "log_obg": "val_rougeL",
+                "mode": "max",
+            },
+            "ckpt_path": "runs/x/checkpoints/last",
+            "params": {
+                "accelerator": "gpu",
+                "accumulate_grad_batches": 2,
+                "gradient_clip_val": 0.5,
+                "log_every_n_steps": 3,
+                "max_epochs": 4,
+                "num_sanity_val_steps": 1,
+                "overfit_batches": 0,
+                "precision": 16,
+                "val_check_interval": 0.5,
+            },
+        },
+        "wandb": {"api": "x", "args": {"group": "g", "job_type": "j", "name": "n", "project_name": "p"}},
+    }
+    cfg = load_config(write_config(tmp_path, seed))
+    assert cfg.init_from == "smollm2-135m-instruct" and cfg.seed == 5 and cfg.out_dir == "runs/x"
+    assert (
+        cfg.data.path == str(data / "qa.json") and cfg.data.max_length == 99 and cfg.data.val_fraction == 0.1
+    )
+    assert cfg.data.prompt_template == "Question: {prompt}\nAnswer:"
+    t = cfg.train
+    assert (t.batch_size, t.max_epochs, t.learning_rate, t.weight_decay, t.betas) == (
+        4,
+        4,
+        2e-5,
+        0.01,
+        (0.8, 0.9),
+    )
+    assert (t.warmup, t.grad_clip, t.accumulate_grad_batches, t.precision) == (0.1, 0.5, 2, "16-mixed")
+    assert (t.accelerator, t.val_check_interval, t.log_every_n_steps, t.compute_metrics) == (
+        "cuda",
+        0.5,
+        3,
+        True,
+    )
+    assert t.freeze.emb and t.freeze.attn and not t.freeze.ln and t.freeze.keep == ["h.29."]
+    c = cfg.checkpoint
+    assert (c.every_n_train_steps, c.monitor, c.mode, c.resume) == (
+        7,
+        "val_rougeL",
+        "max",
+        "runs/x/checkpoints/last",
+    )
+    assert cfg.logger.wandb.project == "p" and cfg.logger.wandb.mode == "offline"
+    overridden = load_config(write_config(tmp_path, seed), ["trainer.params.max_epochs=9"])
+    assert overridden.train.max_epochs == 9
+
+
+def test_seed_test_config_loads_and_rejects_unknown_keys(tmp_path):
+    path = REPO / "examples" / "sft" / "test_config.yaml"
+    cfg = load_test_config(path)
+    assert cfg.generate_params.max_new_tokens == 32 and cfg.test_params.save_steps == 8
+    raw = yaml.safe_load(path.read_text())
+    raw["generate_params"]["top_kk"] = 3
+    with pytest.raises(
+        ConfigError, match=r"generate_params\.top_kk: unknown key \(did you mean 'generate_params\.top_k'\?\)"
+    ):
+        load_test_config(write_config(tmp_path, raw))

@@ -25,6 +25,9 @@ class Prepared:
     train: TokenDataset
     val: TokenDataset | None
     stats: dict[str, float] = field(default_factory=dict)
+    val_examples: list[Example] = field(
+        default_factory=list
+    )  # Q/A data: the raw pairs, for generation metrics
 
 
 def build_tokenizer(tcfg: TokenizerConfig, texts: list[str]) -> Tokenizer:
@@ -68,7 +71,7 @@ def _prepare_qa(cfg: RunConfig, tokenizer: Tokenizer | None) -> Prepared:
     tok = tokenizer or build_tokenizer(cfg.tokenizer, layout)
     train, stats = _qa_rows(train_ex, tok, cfg)
     val = _qa_rows(val_ex, tok, cfg)[0] if val_ex else None
-    return Prepared(tok, train, val, {**stats, "val_examples": len(val_ex)})
+    return Prepared(tok, train, val, {**stats, "val_examples": len(val_ex)}, val_ex)
 
 
 def _hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:

@@ -8,23 +8,26 @@ only every `log_every_n_steps`.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from safetensors.torch import load_model
 from torch import Tensor, nn
 
-from tinylm.checkpoint import CheckpointManager, load_trainer_state, save_checkpoint
-from tinylm.config import RunConfig, dump_config
+from tinylm.checkpoint import WEIGHTS_FILE, CheckpointManager, load_trainer_state, read_meta, save_checkpoint
+from tinylm.config import RunConfig, TrainConfig, dump_config
+from tinylm.convert import resolve_model
 from tinylm.data.datasets import IGNORE_INDEX, BatchLoader, TokenDataset, eval_indices
 from tinylm.errors import TinylmError
-from tinylm.model import build_model, count_params
+from tinylm.model import GPTConfig, build_model, count_params
 from tinylm.tokenizers import load_tokenizer
 from tinylm.train.data import prepare, resolve_resume
 from tinylm.train.loggers import CSVLog, Loggers, TensorBoardLog, WandbLog
@@ -67,12 +70,20 @@ def fit(cfg: RunConfig) -> Path:
     launched = time.perf_counter()
 
     # -- setup: data, tokenizer, model, optimizer --------------------------------------------------------
-    tokenizer = load_tokenizer(resume_from / "tokenizer") if resume_from else None
+    init = resolve_model(cfg.init_from) if cfg.init_from is not None else None
+    source = resume_from or init
+    tokenizer = load_tokenizer(source / "tokenizer") if source else None
     data = prepare(cfg, tokenizer)
     tokenizer = data.tokenizer
-    model_cfg = cfg.model_config_for(tokenizer.vocab_size)
+    if init is None:
+        model_cfg = cfg.model_config_for(tokenizer.vocab_size)
+    else:
+        model_cfg = replace(GPTConfig.from_dict(read_meta(init)["model"]), **cfg.model)
     with fabric.init_module():
         raw_model = build_model(model_cfg)
+    if init is not None and resume_from is None:
+        load_model(raw_model, str(init / WEIGHTS_FILE), device=str(fabric.device))
+    adapt(raw_model, t)
     optimizer = make_optimizer(
         raw_model,
         lr=t.learning_rate,
@@ -117,9 +128,10 @@ def fit(cfg: RunConfig) -> Path:
             CSVLog(run_dir).truncate_after(state.step)
     if fabric.is_global_zero:
         (run_dir / "config.yaml").write_text(dump_config(cfg))
-        n = count_params(raw_model)
+        n, trainable = count_params(raw_model), count_params(raw_model, trainable_only=True)
         console.print(
-            f"[bold]tinylm train[/] {n:,} parameters ({n / 1e6:.2f}M), {len(loader)} batches/epoch, "
+            f"[bold]tinylm train[/] {n:,} parameters ({n / 1e6:.2f}M), {trainable:,} trainable "
+            f"({trainable / n:.1%}), {len(loader)} batches/epoch, "
             f"{total_steps} steps, {fabric.world_size} process(es) on {fabric.device.type}, precision {precision}"
             + (f"; resumed at step {state.step} from {resume_from}" if resume_from else "")
         )
@@ -151,7 +163,7 @@ def fit(cfg: RunConfig) -> Path:
         }
         save_checkpoint(
             manager.step_dir(state.step),
-            model=raw_model,
+            model=_weights_to_save(raw_model, t),
             config=model_cfg,
             tokenizer=tokenizer,
             meta=meta,
@@ -162,7 +174,10 @@ def fit(cfg: RunConfig) -> Path:
     def validate(max_batches: int | None = None) -> dict[str, float]:
         idx = val_idx if max_batches is None else val_idx[: max_batches * t.batch_size]
         loss = evaluate(model, val_set, idx, t.batch_size, fabric)
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+        metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+        if t.compute_metrics and data.val_examples and max_batches is None:
+            metrics |= generation_metrics(raw_model, tokenizer, data.val_examples[: t.metric_examples], cfg)
+        return metrics
 
     # -- sanity check ---------------------------------------------------------------------------------
     if val_set is not None and t.num_sanity_val_steps > 0 and state.step == 0:
@@ -231,6 +246,60 @@ def fit(cfg: RunConfig) -> Path:
         )
         console.print(f"done: step {state.step}, {summary}; checkpoints in {ckpt_root}")
     return run_dir
+
+
+def adapt(model: nn.Module, t: TrainConfig) -> None:
+    """Freeze parameter groups, or wrap layers with LoRA adapters, as the config asks."""
+    if t.freeze is not None:
+        from tinylm.train.freeze import apply_freezing
+
+        f = t.freeze
+        apply_freezing(model, emb=f.emb, ln=f.ln, attn=f.attn, ff=f.ff, other=f.other, keep=f.keep)
+    elif t.lora is not None:
+        from tinylm.train.lora import apply_lora
+
+        apply_lora(model, r=t.lora.r, alpha=t.lora.alpha, dropout=t.lora.dropout, targets=t.lora.targets)
+
+
+def _weights_to_save(model: nn.Module, t: TrainConfig) -> nn.Module:
+    """The plain GPT to write: with LoRA, a copy with the adapters merged into the weights."""
+    if t.lora is None:
+        return model
+    from tinylm.train.lora import merge_lora
+
+    return merge_lora(copy.deepcopy(model))
+
+
+@torch.no_grad()
+def generation_metrics(model: nn.Module, tokenizer, examples: list, cfg: RunConfig) -> dict[str, float]:
+    """Greedy answers for `examples`, in batches of 8, scored against their references (BLEU, ROUGE, EM)."""
+    from tinylm.evaluate import MetricAccumulator
+    from tinylm.generate.detok import TextStream
+    from tinylm.generate.engine import generate_batch
+
+    acc = MetricAccumulator()
+    block = model.config.block_size
+    for start in range(0, len(examples), 8):
+        chunk = examples[start : start + 8]
+        prompts = [
+            tokenizer.encode(cfg.data.prompt_template.format(prompt=e.prompt))[-block // 2 :] for e in chunk
+        ]
+        rows = generate_batch(
+            model,
+            prompts,
+            max_new_tokens=cfg.generation.max_new_tokens,
+            block_size=block,
+            stop_ids=[tokenizer.eos_id],
+        )
+        replies = []
+        for row in rows:
+            stream = TextStream(tokenizer, cfg.generation.stop)
+            for token in row.tokens:
+                if token != tokenizer.eos_id:
+                    stream.push(token)
+            replies.append(stream.text().strip())
+        acc.add(replies, [e.response for e in chunk])
+    return {f"val_{k}": v for k, v in acc.compute().items() if k != "count"}
 
 
 def compute_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:

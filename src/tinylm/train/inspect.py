@@ -1,0 +1,53 @@
+"""`tinylm inspect-data CONFIG`: look at the training rows before training on them.
+
+Shows, for a few examples, exactly which tokens carry loss, and reports the truncation rate, examples
+missing their end-of-sequence token and over-long examples. It reads and tokenizes; it does not train.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.text import Text
+
+from tinylm.config import RunConfig
+from tinylm.convert import resolve_model
+from tinylm.data.datasets import IGNORE_INDEX, QARows
+from tinylm.tokenizers import load_tokenizer
+from tinylm.train.data import prepare
+
+
+def inspect_data(cfg: RunConfig, *, examples: int = 3) -> dict[str, float]:
+    console = Console()
+    tokenizer = load_tokenizer(resolve_model(cfg.init_from) / "tokenizer") if cfg.init_from else None
+    data = prepare(cfg, tokenizer)
+    tok = data.tokenizer
+    if not isinstance(data.train, QARows):
+        console.print(f"text data: {data.stats}; {len(data.train):,} windows of {cfg.data.max_length} tokens")
+        return data.stats
+    console.print("[bold]tokens carrying loss are [green]green[/green], the rest dim[/]\n")
+    for i, row in enumerate(data.train.rows[:examples]):
+        for ids, labels in row:
+            console.print(f"[bold]example {i}[/] ({len(ids)} tokens)")
+            console.print(_render(tok, ids, labels))
+            console.print()
+    s = data.stats
+    n = max(int(s["examples"]), 1)
+    console.print(
+        f"examples {int(s['examples'])}, truncated {int(s['truncated'])} ({s['truncated'] / n:.1%}), "
+        f"missing end-of-sequence {int(s['missing_eos'])}, tokens carrying loss {int(s['loss_tokens'])}, "
+        f"max_length {cfg.data.max_length}"
+    )
+    if s["truncated"]:
+        console.print(
+            "[yellow]some examples are longer than data.max_length: raise it, or expect cut questions[/]"
+        )
+    return s
+
+
+def _render(tok, ids: list[int], labels: list[int]) -> Text:
+    """Token i predicts labels[i] = ids[i + 1]: colour the predicted token by whether it carries loss."""
+    text = Text(tok.decode(ids[:1]), style="dim")
+    for label, target in zip(labels, [*ids[1:], labels[-1]]):
+        piece = tok.token_strings([target])[0]
+        text.append(piece, style="green" if label != IGNORE_INDEX else "dim")
+    return text

@@ -1,0 +1,168 @@
+"""The seed's SFT system end to end on a tiny pretrained model: trainer_config.yaml → tinylm train →
+test_config.yaml → tinylm test; the fine-tuned model stops by itself."""
+
+import json
+
+import torch
+import yaml
+
+from tests.conftest import run_cli
+from tinylm import load
+from tinylm.train.loggers import read_metrics
+
+COLORS = ["red", "blue", "green", "black", "white", "pink", "gray", "brown", "gold", "teal"]
+THINGS = ["box", "cup", "hat"]
+PAIRS = [(f"What color is the {c} {t}?", f"The {c} {t} is {c}.") for t in THINGS for c in COLORS]
+
+
+def _tiny_pretrained(path):
+    """A tiny Llama (the SmolLM2 family) with a byte-level BPE tokenizer, saved like a hub download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [f"Question: {q}\nAnswer: {a}" for q, a in PAIRS]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"]))
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    hf_tok.save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(hf_tok),
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        eos_token_id=hf_tok.eos_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def _sft_data(path):
+    rows = [{"Question": q, "Answer": a} for q, a in PAIRS]
+    path.write_text(json.dumps({"train": rows, "val": rows[:6], "test": rows[-3:]}))  # taught, then asked
+    return path
+
+
+def test_seed_configs_fine_tune_and_test(tmp_path):
+    model_dir = _tiny_pretrained(tmp_path / "tiny-llama")
+    data = _sft_data(tmp_path / "qa.json")
+    run = tmp_path / "sft"
+    trainer = {
+        "data": {
+            "batch_size": 8,
+            "data_dir": str(data),
+            "max_length": 48,
+            "on_tpu": False,
+            "truncate_promt": True,
+        },
+        "model_name": str(model_dir),
+        "model_params": {
+            "adam_betas": [0.9, 0.95],
+            "do_compute_metrics": True,
+            "learning_rate": 0.003,
+            "use_cache": True,
+            "warmup_steps_per_cent": 5,
+            "weight_decay": 0.0,
+            "do_freeze": True,
+            "freeze_emb": False,
+            "freeze_ln": True,
+            "freeze_attn": False,
+            "freeze_ff": False,
+            "freeze_other": False,
+            "layers_not_to_freeze": ["h.1.ln_"],
+        },
+        "seed": 3,
+        "trainer": {
+            "checkpoint": {
+                "dirpath": str(run),
+                "every_n_train_steps": None,
+                "log_obg": "val_rougeL",
+                "mode": "max",
+            },
+            "ckpt_path": None,
+            "params": {
+                "accelerator": "cpu",
+                "accumulate_grad_batches": 1,
+                "gradient_clip_val": 1.0,
+                "log_every_n_steps": 10,
+                "max_epochs": 40,
+                "num_sanity_val_steps": 1,
+                "overfit_batches": 0,
+                "precision": 32,
+                "val_check_interval": 20,
+            },
+        },
+        "wandb": {
+            "api": None,
+            "args": {"group": "g", "job_type": "sft", "name": "tiny", "project_name": "tinylm"},
+        },
+    }
+    (tmp_path / "trainer_config.yaml").write_text(yaml.safe_dump(trainer))
+    result = run_cli("train", str(tmp_path / "trainer_config.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "trainable" in result.stderr
+    rows = read_metrics(run / "metrics.csv")
+    rouge = [v for _, n, v in rows if n == "val_rougeL"]
+    assert len(rouge) >= 2 and max(rouge) > 0.9 and max(rouge) > rouge[0]
+    assert list((run / "wandb").glob("offline-run-*"))
+
+    test = {
+        "cuda": False,
+        "data": {
+            "data_dir": str(data),
+            "max_prompt_length": 32,
+            "padding": True,
+            "padding_side": "left",
+            "split": "test",
+            "truncate_promt": True,
+        },
+        "generate_params": {
+            "do_sample": False,
+            "max_new_tokens": 16,
+            "no_repeat_ngram_size": 0,
+            "top_k": 50,
+            "top_p": 1.0,
+        },
+        "model_name": str(model_dir),
+        "seed": 3,
+        "test_params": {
+            "do_compute_metrics": True,
+            "log_file": str(tmp_path / "test_log.jsonl"),
+            "save_steps": 2,
+            "test_model_path": str(run / "checkpoints" / "best"),
+        },
+        "use_cache": True,
+    }
+    (tmp_path / "test_config.yaml").write_text(yaml.safe_dump(test))
+    tested = run_cli("test", str(tmp_path / "test_config.yaml"))
+    assert tested.returncode == 0, tested.stderr
+    assert "rougeL" in tested.stdout and "exact_match" in tested.stdout
+    logged = [json.loads(line) for line in (tmp_path / "test_log.jsonl").read_text().splitlines()]
+    assert [r["reference"] for r in logged] == [a for _, a in PAIRS[-3:]]
+
+    lm = load(run / "checkpoints" / "best")
+    question, answer = PAIRS[0]
+    done = lm.complete([question], max_new_tokens=30)[0]
+    assert done.finish_reason == "stop" and done.text.strip() == answer  # stops by itself at EOS
+
+
+def test_seed_config_errors_name_the_seed_keys(tmp_path):
+    cfg = {
+        "model_name": "x",
+        "trainer": {"params": {"max_epoch": 1}},
+        "data": {"data_dir": "d", "on_tpu": True},
+    }
+    (tmp_path / "trainer_config.yaml").write_text(yaml.safe_dump(cfg))
+    result = run_cli("train", str(tmp_path / "trainer_config.yaml"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        "trainer.params.max_epoch: unknown key (did you mean 'trainer.params.max_epochs'?)" in result.stderr
+    )
+    assert "data.on_tpu" in result.stderr

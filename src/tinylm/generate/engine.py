@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from tinylm.generate.sampling import SamplingParams, choose
+from tinylm.generate import graphs
+from tinylm.generate.sampling import PAD, SamplingParams, choose
 from tinylm.model import GPT
+
+SYNC_EVERY = {"cuda": 8}  # decode steps queued on a device per host sync (token read-back); else 1
 
 
 @dataclass
@@ -99,69 +102,99 @@ def _decode(
     stop_ids: Sequence[int],
     generator: torch.Generator | None,
 ) -> Iterator[list[tuple[int, int, float]]]:
-    """Yield, per step, (row, token, logprob) for every row still running."""
+    """Yield, per step, (row, token, logprob) for every row still running.
+
+    The token history is one preallocated (B, prompt + max_new) tensor, -1 where nothing is (yet), so a
+    step's work does not grow with the length; `generated` holds the new tokens, -1 once a row stopped.
+    Steps run `SYNC_EVERY` at a time on the device before their tokens are read back (one host sync per
+    chunk): 1 on the CPU, where reading is free, 8 on a GPU. On a GPU the decode step is a CUDA graph
+    (`tinylm.generate.graphs`).
+    """
     assert prompts and all(len(p) > 0 for p in prompts), "every prompt must hold at least one token"
     device = next(model.parameters()).device
     prompts = [list(p)[-block_size:] for p in prompts]
     width = max(len(p) for p in prompts)
     B = len(prompts)
-    ids = torch.full((B, width), 0, dtype=torch.long, device=device)
-    history = torch.full((B, width), -1, dtype=torch.long, device=device)  # -1: padding, ignored by penalties
+    history = torch.full((B, width + max_new_tokens), PAD, dtype=torch.long, device=device)
     for r, p in enumerate(prompts):
-        ids[r, width - len(p) :] = torch.tensor(p)
-        history[r, width - len(p) :] = torch.tensor(p)
+        history[r, width - len(p) : width] = torch.tensor(p)
+    generated = torch.full((B, max_new_tokens), PAD, dtype=torch.long, device=device)  # finished rows: PAD
     pad = torch.tensor([width - len(p) for p in prompts], device=device)  # (B,)
-    generated = torch.empty((B, 0), dtype=torch.long, device=device)
     running = torch.ones(B, dtype=torch.bool, device=device)
     stops = torch.tensor(list(stop_ids) or [-2], device=device)
+    sync_every = SYNC_EVERY.get(device.type, 1)
+    chunk: list[tuple[Tensor, Tensor]] = []  # per pending step: (running before it, logprobs)
 
-    def step(logits: Tensor) -> list[tuple[int, int, float]]:
-        nonlocal history, generated, running
+    def step(logits: Tensor, t: int) -> None:
+        """Choose token t (0-based among the new ones) for every row; record it on the device."""
+        nonlocal running
         nxt, logprob = choose(logits.float(), history, generated, params, generator)
-        out = [
-            (r, int(t), float(lp))
-            for r, t, lp, run in zip(range(B), nxt.tolist(), logprob.tolist(), running.tolist())
-            if run
-        ]
-        history = torch.cat([history, nxt[:, None]], dim=1)
-        generated = torch.cat([generated, torch.where(running, nxt, -1)[:, None]], dim=1)
+        history[:, width + t] = nxt
+        generated[:, t] = torch.where(running, nxt, PAD)
+        chunk.append((running, logprob))
         running = running & ~torch.isin(nxt, stops)
-        return out
+
+    def flush(t: int) -> Iterator[list[tuple[int, int, float]]]:
+        """Read back the pending steps, which end with token t - 1, and yield them in order."""
+        first = t - len(chunk)
+        tokens = generated[:, first:t].T.tolist()  # (steps, B)
+        ran = torch.stack([r for r, _ in chunk]).tolist()
+        logprobs = torch.stack([lp for _, lp in chunk]).float().tolist()
+        chunk.clear()
+        for tok, run, lp in zip(tokens, ran, logprobs):
+            yield [(r, tok[r], lp[r]) for r in range(B) if run[r]]
 
     produced = 0
     if isinstance(model, GPT) and width < block_size:
         n_cached = min(max_new_tokens, block_size - width)
         total = width + n_cached
-        cache = model.new_cache(B, total, device=device)
-        slots = torch.arange(total, device=device)
+        fast = graphs.enabled(model) and n_cached > 1
+        if fast:
+            decoder = graphs.decode_step(model, B, graphs.bucket(total, block_size))
+            cache, slots = decoder.cache, torch.arange(decoder.cache.max_len, device=device)
+            decoder.key_mask.copy_(slots[None] >= pad[:, None])
+        else:
+            cache, slots = model.new_cache(B, total, device=device), torch.arange(total, device=device)
         key_mask = slots[None] >= pad[:, None]  # (B, S): real tokens, later slots filled as we go
         positions = torch.arange(width, device=device)[None] - pad[:, None]  # (B, T) each row's own positions
-        logits = model(ids, input_pos=slots[:width], cache=cache, positions=positions, key_mask=key_mask)[
-            :, -1
-        ]
+        prompt_ids = history[:, :width].clamp(min=0)
+        logits = model(
+            prompt_ids, input_pos=slots[:width], cache=cache, positions=positions, key_mask=key_mask
+        )[:, -1]
         while produced < n_cached:
-            yield step(logits)
+            step(logits, produced)
             produced += 1
-            if not running.any() or produced == n_cached:
+            if len(chunk) == sync_every or produced == n_cached:
+                yield from flush(produced)
+                if not running.any():
+                    return
+            if produced == n_cached:
                 break
-            at = width + produced - 1
-            logits = model(
-                history[:, -1:].clamp(min=0),
-                input_pos=slots[at : at + 1],
-                cache=cache,
-                positions=(at - pad)[:, None],
-                key_mask=key_mask,
-            )[:, -1]
-        if not running.any() or produced == max_new_tokens:
+            at = width + produced - 1  # the slot (and padded position) of the token just chosen
+            if fast:
+                decoder.token.copy_(history[:, at : at + 1].clamp(min=0))
+                decoder.slot.fill_(at)
+                decoder.positions.copy_((at - pad)[:, None])
+                logits = decoder.replay()
+            else:
+                logits = model(
+                    history[:, at : at + 1].clamp(min=0),
+                    input_pos=slots[at : at + 1],
+                    cache=cache,
+                    positions=(at - pad)[:, None],
+                    key_mask=key_mask,
+                )[:, -1]
+        if produced == max_new_tokens:
             return
-    for _ in range(max_new_tokens - produced):  # no cache, or past the context window
-        window = history[:, -block_size:]
+    for t in range(produced, max_new_tokens):  # no cache, or past the context window
+        window = history[:, : width + t][:, -block_size:]
         real = window >= 0
         if isinstance(model, GPT):
             logits = model(window.clamp(min=0), positions=real.cumsum(1) - 1, key_mask=real)
         else:
             assert real.all(), "the GRU model decodes padded batches one row at a time"
             logits = model(window)
-        yield step(logits[:, -1])
+        step(logits[:, -1], t)
+        yield from flush(t + 1)
         if not running.any():
             return

@@ -163,9 +163,12 @@ def choose(
     """Next ids (B,) and their log-probabilities (B,) under the processed distribution.
 
     Greedy (temperature 0) takes the argmax of the penalised logits; sampling draws from the
-    temperature-scaled, filtered distribution. Arguments as for `process_logits`.
+    temperature-scaled, filtered distribution. A row whose every token was banned (an n-gram ban over a
+    tiny vocabulary, say) falls back to its unprocessed logits. Arguments as for `process_logits`.
     """
-    logits = process_logits(logits, history, generated, params)
+    processed = process_logits(logits, history, generated, params)
+    banned_all = processed.isneginf().all(dim=-1, keepdim=True)  # (B, 1): every token filtered or banned
+    logits = torch.where(banned_all, logits, processed)  # then the raw distribution, never NaN
     if params.temperature > 0.0:
         ids = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
     else:

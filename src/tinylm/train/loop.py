@@ -84,6 +84,9 @@ def fit(cfg: RunConfig) -> Path:
     if init is not None and resume_from is None:
         load_model(raw_model, str(init / WEIGHTS_FILE), device=str(fabric.device))
     adapt(raw_model, t)
+    from tinylm.memory import check_fits  # prints the memory estimate; refuses a run that cannot fit
+
+    check_fits(cfg, raw_model, fabric.device, processes=fabric.world_size // t.num_nodes, announce=fabric.is_global_zero)
     optimizer = make_optimizer(
         raw_model,
         lr=t.learning_rate,
@@ -91,7 +94,10 @@ def fit(cfg: RunConfig) -> Path:
         betas=t.betas,
         device_type=fabric.device.type,
     )
-    model = torch.compile(raw_model) if t.compile else raw_model
+    if fabric.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    model = WithLoss(raw_model)  # compiled together, the loss fuses with the head: no fp32 logits in memory
+    model = torch.compile(model) if t.compile else model
     model, optimizer = fabric.setup(model, optimizer)
 
     limit = _overfit_limit(t.overfit_batches, len(data.train), t.batch_size * fabric.world_size)
@@ -227,7 +233,7 @@ def fit(cfg: RunConfig) -> Path:
             checkpoint(state.latest.get(cfg.checkpoint.monitor), last=False)
         if val_set is not None and (state.step % val_every == 0 or is_last):
             model.eval()
-            metrics = {**validate(), "elapsed_s": time.perf_counter() - launched}
+            metrics = {**validate(), "elapsed_s": time.perf_counter() - launched, "unix_time": time.time()}
             model.train()
             state.latest.update(metrics)
             loggers.log(metrics, state.step)
@@ -302,29 +308,45 @@ def generation_metrics(model: nn.Module, tokenizer, examples: list, cfg: RunConf
     return {f"val_{k}": v for k, v in acc.compute().items() if k != "count"}
 
 
+class WithLoss(nn.Module):
+    """The model and its next-token cross-entropy as one module: what the loop compiles and runs.
+
+    forward(input_ids, labels, segment_ids=None, reduction="mean") -> the mean loss over the tokens that
+    carry loss (labels != -100), or their sum with reduction="sum".
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: Tensor, labels: Tensor, segment_ids: Tensor | None = None, reduction: str = "mean"
+    ) -> Tensor:
+        logits = self.model(input_ids, segment_ids=segment_ids)
+        return F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction=reduction,
+        )
+
+
 def compute_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """Mean next-token cross-entropy over the tokens that carry loss (labels != -100)."""
-    logits = model(batch["input_ids"], segment_ids=batch.get("segment_ids"))
-    return F.cross_entropy(
-        logits.float().view(-1, logits.size(-1)), batch["labels"].view(-1), ignore_index=IGNORE_INDEX
-    )
+    """Mean next-token cross-entropy of a `WithLoss` model over the tokens that carry loss."""
+    return model(batch["input_ids"], batch["labels"], batch.get("segment_ids"))
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, dataset: TokenDataset, indices: list[int], batch_size: int, fabric: Any
 ) -> float:
-    """Token-weighted mean loss over `indices` of `dataset`."""
+    """Token-weighted mean loss of a `WithLoss` model over `indices` of `dataset`."""
     total = torch.zeros((), device=fabric.device)
     count = torch.zeros((), device=fabric.device)
     for i in range(0, len(indices), batch_size):
         batch = {k: v.to(fabric.device) for k, v in dataset.batch(indices[i : i + batch_size]).items()}
-        logits = model(batch["input_ids"], segment_ids=batch.get("segment_ids"))
-        labels = batch["labels"].view(-1)
-        total += F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), labels, ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        count += (labels != IGNORE_INDEX).sum()
+        total += model(batch["input_ids"], batch["labels"], batch.get("segment_ids"), reduction="sum")
+        count += (batch["labels"] != IGNORE_INDEX).sum()
     return (total / count.clamp(min=1)).item()
 
 

@@ -1,0 +1,226 @@
+"""A conversation with one model: history, memory, persistence and an optional retrieval hook; the REPL.
+
+`Chat` holds the system prompt and the user/assistant history. `Chat.send(text)` fits the prompt into the
+context window (`tinylm.chat.memory`), commits the user's message, streams the reply from
+`LM.stream(messages, chat=True)`, and commits the reply only once it is complete (`tinylm.chat.store`).
+A `retrieve(question) -> context` hook, when given, puts retrieved context into the message sent to the
+model; the history keeps the question as typed, so old context never crowds out the conversation.
+
+`run_repl` drives a `Chat` from lines of text (a terminal or a pipe) with the commands in `COMMANDS`;
+`run_chat` is what `tinylm chat` calls. Nothing here samples tokens or renders templates itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from tinylm.chat.memory import DEFAULT_STRATEGY, check_strategy, fit_messages, lm_counter, prompt_budget
+from tinylm.chat.prompts import with_context
+from tinylm.chat.store import ChatStore, check_session_id, default_db_path
+from tinylm.errors import TinylmError
+
+if TYPE_CHECKING:
+    from tinylm.api import LM
+
+Retrieve = Callable[[str], str]
+COMMANDS = {
+    "/exit": "leave the chat (end of input does the same)",
+    "/reset": "forget this conversation's messages (the system prompt stays)",
+    "/history": "show the conversation so far",
+    "/help": "show these commands",
+}
+
+
+class Chat:
+    """One conversation with `lm`, stored in `store` under `session_id` when a store is given."""
+
+    def __init__(
+        self,
+        lm: LM,
+        *,
+        system: str | None = None,
+        strategy: str = DEFAULT_STRATEGY,
+        store: ChatStore | None = None,
+        session_id: str | None = None,
+        model_name: str = "",
+        retrieve: Retrieve | None = None,
+        **options: Any,
+    ):
+        self.lm = lm
+        self.strategy = check_strategy(strategy)
+        self.retrieve = retrieve
+        self.options = {k: v for k, v in options.items() if v is not None}
+        opts, _ = lm._options(self.options)  # validates every option now, not at the first message
+        self.budget = prompt_budget(lm.config.block_size, opts.max_new_tokens)
+        self.count = lm_counter(lm)
+        self.store = store
+        self.session_id = session_id
+        self.system = system
+        self.history: list[dict[str, str]] = []
+        self.last_prompt: list[dict[str, str]] = []  # what the model saw for the latest reply
+        if store is not None:
+            if session_id is None:
+                raise TinylmError("a chat with a store needs a session id")
+            info = store.open_session(session_id, model=model_name, system=system)
+            self.system = info.system
+            self.history = store.messages(session_id)
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """The whole conversation: the system prompt (if any), then the history."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.history
+
+    def prompt(self, text: str) -> list[dict[str, str]]:
+        """The messages the model would see for `text`, cut to fit (raises `ContextTooLong`)."""
+        content = with_context(text, self.retrieve(text)) if self.retrieve else text
+        return fit_messages(
+            [*self.messages, {"role": "user", "content": content}],
+            budget=self.budget,
+            count=self.count,
+            strategy=self.strategy,
+        )
+
+    def send(self, text: str) -> Iterator[str]:
+        """Stream the reply to `text`. The reply joins the history only when the stream runs to its end."""
+        prompt = self.prompt(text)  # too long: raises before anything is stored
+        self.last_prompt = prompt
+        self._append("user", text)
+        pieces = []
+        for piece in self.lm.stream(prompt, chat=True, **self.options):
+            pieces.append(piece)
+            yield piece
+        self._append("assistant", "".join(pieces))
+
+    def ask(self, text: str) -> str:
+        """The whole reply to `text`."""
+        return "".join(self.send(text))
+
+    def reset(self) -> None:
+        """Forget the history (in the store too); the system prompt stays."""
+        self.history = []
+        if self.store is not None:
+            self.store.clear_messages(self.session_id)
+
+    def _append(self, role: str, content: str) -> None:
+        if self.store is not None:
+            self.store.add_message(self.session_id, role, content)  # committed before we go on
+        self.history.append({"role": role, "content": content})
+
+
+def run_repl(chat: Chat, lines: Iterable[str], out: TextIO, err: TextIO) -> None:
+    """Answer each line of `lines` until `/exit` or the end of input; commands start with '/'."""
+    for line in lines:
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            return
+        if text.startswith("/"):
+            _command(chat, text, out, err)
+            continue
+        try:
+            reply = chat.send(text)
+            for piece in reply:
+                out.write(piece)
+                out.flush()
+            out.write("\n")
+        except KeyboardInterrupt:
+            reply.close()
+            out.write("\n")
+            err.write("(reply interrupted; it was not saved)\n")
+        except TinylmError as e:  # e.g. a message too long for the context window: say so, go on
+            err.write(f"error: {e}\n")
+        out.flush()
+
+
+def _command(chat: Chat, text: str, out: TextIO, err: TextIO) -> None:
+    if text == "/reset":
+        chat.reset()
+        err.write("(conversation forgotten)\n")
+    elif text == "/history":
+        for m in chat.messages:
+            out.write(f"{m['role']}: {m['content']}\n")
+    elif text == "/help":
+        for name, what in COMMANDS.items():
+            err.write(f"{name:10} {what}\n")
+    else:
+        err.write(f"unknown command {text.split()[0]!r}; commands: {', '.join(COMMANDS)}\n")
+
+
+def input_lines(stream: TextIO, prompt: str = "you> ") -> Iterator[str]:
+    """Lines from a terminal (with a prompt and line editing) or from a pipe; stops at end of input."""
+    if not stream.isatty():
+        yield from stream
+        return
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (importing it gives input() line editing and history)
+    while True:
+        try:
+            yield input(prompt)
+        except EOFError:
+            return
+
+
+def new_session_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def rag_retriever(db: str | Path) -> Retrieve:
+    """`tinylm.rag.retriever(db)`: a retrieve(question) -> context function, when tinylm.rag is installed."""
+    if importlib.util.find_spec("tinylm.rag") is None:
+        raise TinylmError("--rag needs the tinylm.rag module, which this tinylm does not have")
+    if not Path(db).exists():
+        raise TinylmError(f"{db}: no such RAG index; build one with `tinylm rag index FILES --db {db}`")
+    rag = importlib.import_module("tinylm.rag")
+    make = getattr(rag, "retriever", None)
+    if make is None:
+        raise TinylmError("tinylm.rag has no retriever(db) function; --rag cannot use it")
+    return make(db)
+
+
+def run_chat(
+    model: str,
+    *,
+    system: str | None = None,
+    session: str | None = None,
+    db: str | Path | None = None,
+    strategy: str = DEFAULT_STRATEGY,
+    rag: str | Path | None = None,
+    stdin: TextIO = sys.stdin,
+    stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
+    **options: Any,
+) -> str:
+    """Chat with `model` over stdin/stdout, stored in `db` under `session` (new if absent); the session id."""
+    from tinylm.api import load
+
+    check_strategy(strategy)
+    session_id = check_session_id(session) if session else new_session_id()
+    retrieve = rag_retriever(rag) if rag is not None else None
+    lm = load(model)
+    with ChatStore(db or default_db_path()) as store:
+        resumed = store.session(session_id) is not None
+        chat = Chat(
+            lm,
+            system=system,
+            strategy=strategy,
+            store=store,
+            session_id=session_id,
+            model_name=str(model),
+            retrieve=retrieve,
+            **options,
+        )
+        state = f"resumed, {len(chat.history)} messages" if resumed else "new"
+        stderr.write(f"session {session_id} ({state}) in {store.path}; /help for commands\n")
+        stderr.flush()
+        run_repl(chat, input_lines(stdin), stdout, stderr)
+    return session_id

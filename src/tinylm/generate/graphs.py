@@ -1,0 +1,97 @@
+"""The GPU fast path: one decode step of a GPT compiled by inductor and replayed as a CUDA graph.
+
+A decode step is ~10 small kernels per layer; launched one by one from Python they leave the GPU idle
+most of the time (SmolLM2-135M: 30 layers, ~1 ms of launches for ~0.1 ms of work at batch 1). Here the
+step, `model(token, input_pos=slot, cache=..., positions=..., key_mask=...)`, is compiled once for a
+(batch, cache length, dtype) shape, so inductor fuses the norms, RoPE and the mask into few kernels, then
+captured into a CUDA graph that one call replays. Inputs live in static buffers that the caller fills in
+place (no host sync); the cache belongs to the step and is reused across requests (a new prompt simply
+overwrites its slots, see `KVCache`). Cache lengths are rounded up to a multiple of `BUCKET` so that
+requests of similar lengths share one graph.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tinylm.model import GPT, KVCache
+
+BUCKET = 256  # cache lengths are rounded up to a multiple of this
+MAX_GRAPHS = 8  # per model; the least recently built is dropped past this
+
+
+def enabled(model: torch.nn.Module) -> bool:
+    """Use the fast path for a GPT on a CUDA device, unless TINYLM_CUDA_GRAPHS=0 turns it off."""
+    if os.environ.get("TINYLM_CUDA_GRAPHS", "1") == "0" or not isinstance(model, GPT):
+        return False
+    return next(model.parameters()).device.type == "cuda"
+
+
+def bucket(length: int, block_size: int) -> int:
+    """The cache length a request of `length` positions runs with: rounded up, capped at block_size."""
+    return min(block_size, -(-length // BUCKET) * BUCKET)
+
+
+@dataclass
+class DecodeStep:
+    """Static buffers, a cache and the captured graph for one (batch, cache length) shape.
+
+    Fill `token` (B, 1), `slot` (1,), `positions` (B, 1) and `key_mask` (B, S) with `copy_`, call
+    `replay()`, read `logits` (B, V). `cache` is the KV cache the step reads and writes: prefill into it
+    with the eager model first.
+    """
+
+    cache: KVCache
+    token: Tensor
+    slot: Tensor
+    positions: Tensor
+    key_mask: Tensor
+    logits: Tensor
+    graph: torch.cuda.CUDAGraph
+
+    def replay(self) -> Tensor:
+        self.graph.replay()
+        return self.logits
+
+
+def decode_step(model: GPT, batch_size: int, max_len: int) -> DecodeStep:
+    """The step for this shape: built (compiled and captured: seconds to a minute) on first use, then cached."""
+    dtype = model.wte.weight.dtype
+    steps: dict = model.__dict__.setdefault("_decode_steps", {})
+    key = (batch_size, max_len, dtype, model.training)
+    if key not in steps:
+        if len(steps) >= MAX_GRAPHS:
+            steps.pop(next(iter(steps)))
+        steps[key] = _build(model, batch_size, max_len)
+    steps[key] = steps.pop(key)  # most recently used last
+    return steps[key]
+
+
+def _build(model: GPT, B: int, S: int) -> DecodeStep:
+    device = model.wte.weight.device
+    cache = model.new_cache(B, S)
+    token = torch.zeros(B, 1, dtype=torch.long, device=device)
+    slot = torch.zeros(1, dtype=torch.long, device=device)
+    positions = torch.zeros(B, 1, dtype=torch.long, device=device)
+    key_mask = torch.ones(B, S, dtype=torch.bool, device=device)
+
+    def step(token: Tensor, slot: Tensor, positions: Tensor, key_mask: Tensor) -> Tensor:
+        logits = model(token, input_pos=slot, cache=cache, positions=positions, key_mask=key_mask)
+        return logits[:, -1]
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    args = (token, slot, positions, key_mask)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # compile and warm up outside the capture
+        for _ in range(3):
+            compiled(*args)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        logits = compiled(*args)
+    return DecodeStep(cache, token, slot, positions, key_mask, logits, graph)

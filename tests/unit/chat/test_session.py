@@ -1,0 +1,135 @@
+"""`Chat` over tiny checkpoints: streaming, memory, what is stored when, retrieval, and the REPL."""
+
+import importlib.machinery
+import io
+import sys
+import types
+
+import pytest
+
+from tinylm import load
+from tinylm.chat.memory import ContextTooLong
+from tinylm.chat.session import Chat, rag_retriever, run_repl
+from tinylm.chat.store import ChatStore
+from tinylm.errors import TinylmError
+
+from .tiny import chat_checkpoint
+
+
+@pytest.fixture(scope="module")
+def constant_lm(tmp_path_factory):
+    """Greedy replies are 'a' * max_new_tokens; a 256-token window (chatml costs ~28 per message)."""
+    return load(chat_checkpoint(tmp_path_factory.mktemp("ck") / "const", block_size=256, constant="a"))
+
+
+def test_streamed_reply_is_the_lm_reply_to_the_fitted_prompt(tmp_path):
+    lm = load(chat_checkpoint(tmp_path / "bpe", kind="bpe"))
+    chat = Chat(lm, system="be brief", max_new_tokens=12, temperature=1.0, seed=3)
+    replies = []
+    for question in ("the quick fox", "jumps over"):
+        pieces = list(chat.send(question))
+        assert chat.last_prompt == [*chat.messages[:-1]]  # everything fits: the whole conversation went
+        expected = lm.generate(chat.last_prompt, chat=True, max_new_tokens=12, temperature=1.0, seed=3)
+        assert "".join(pieces) == expected
+        replies.append(expected)
+    assert chat.messages == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "the quick fox"},
+        {"role": "assistant", "content": replies[0]},
+        {"role": "user", "content": "jumps over"},
+        {"role": "assistant", "content": replies[1]},
+    ]
+
+
+def test_long_chat_never_exceeds_the_window_and_resumes_from_the_store(constant_lm, tmp_path):
+    db = tmp_path / "chat.sqlite"
+    with ChatStore(db) as store:
+        chat = Chat(
+            constant_lm, system="sys", store=store, session_id="s", strategy="pin-first", max_new_tokens=8
+        )
+        assert chat.budget == 256 - 8
+        for i in range(4):
+            assert chat.ask(f"q{i}") == "a" * 8
+            sent = constant_lm.complete([chat.last_prompt], max_new_tokens=1)[0].prompt_tokens
+            assert sent == chat.count(chat.last_prompt) <= chat.budget
+        assert len(chat.last_prompt) < len(chat.messages) - 1  # the window forced cuts
+        assert chat.last_prompt[:3] == chat.messages[:3]  # pin-first kept the first exchange
+        assert chat.last_prompt[-1] == {"role": "user", "content": "q3"}
+    with ChatStore(db) as store:
+        again = Chat(constant_lm, store=store, session_id="s", max_new_tokens=8)
+        assert again.messages == chat.messages and len(again.history) == 8
+
+
+def test_a_reply_is_stored_only_when_complete(constant_lm, tmp_path):
+    with ChatStore(tmp_path / "chat.sqlite") as store:
+        chat = Chat(constant_lm, store=store, session_id="s", max_new_tokens=20)
+        reply = chat.send("first")
+        assert next(reply) == "a"
+        reply.close()  # the reader stopped mid-reply (Ctrl-C, a dropped client)
+        assert store.messages("s") == [{"role": "user", "content": "first"}]
+        with pytest.raises(ContextTooLong, match="your message needs"):
+            chat.ask("x" * 300)
+        assert store.messages("s") == chat.history == [{"role": "user", "content": "first"}]
+        chat.reset()
+        assert store.messages("s") == [] and chat.history == []
+
+
+def test_retrieved_context_is_sent_but_not_kept(constant_lm):
+    asked = []
+
+    def retrieve(question):
+        asked.append(question)
+        return "The sky is green."
+
+    chat = Chat(constant_lm, retrieve=retrieve, max_new_tokens=4)
+    chat.ask("what color?")
+    assert asked == ["what color?"]
+    assert "Context:\nThe sky is green." in chat.last_prompt[-1]["content"]
+    assert chat.history[0] == {"role": "user", "content": "what color?"}
+
+
+def test_options_are_checked_when_the_chat_starts(constant_lm):
+    with pytest.raises(TinylmError, match="temperature"):
+        Chat(constant_lm, temperature=-1.0)
+    with pytest.raises(TinylmError, match="max_new_tokens: expected fewer than the context window"):
+        Chat(constant_lm, max_new_tokens=256)
+    with pytest.raises(TinylmError, match="unknown memory strategy"):
+        Chat(constant_lm, strategy="forget-all")
+
+
+def test_repl_commands_and_errors_keep_the_chat_going(constant_lm):
+    chat = Chat(constant_lm, system="sys", max_new_tokens=3)
+    lines = [
+        "hello\n",
+        "\n",
+        "x" * 300 + "\n",
+        "/history\n",
+        "/bogus\n",
+        "/reset\n",
+        "/history\n",
+        "/exit\n",
+        "never\n",
+    ]
+    out, err = io.StringIO(), io.StringIO()
+    run_repl(chat, lines, out, err)
+    assert out.getvalue() == "aaa\nsystem: sys\nuser: hello\nassistant: aaa\nsystem: sys\n"
+    assert "error: your message with the system prompt needs" in err.getvalue()
+    assert "unknown command '/bogus'" in err.getvalue() and "/history" in err.getvalue()
+    assert chat.history == []
+
+
+def test_rag_hook_is_wired_only_when_tinylm_rag_exists(monkeypatch, tmp_path):
+    db = tmp_path / "index.db"
+    with pytest.raises(TinylmError, match=r"index\.db: no such RAG index; build one with `tinylm rag index"):
+        rag_retriever(db)
+    db.write_bytes(b"")
+    fake = types.ModuleType("tinylm.rag")
+    fake.__spec__ = importlib.machinery.ModuleSpec("tinylm.rag", None)
+    monkeypatch.setitem(sys.modules, "tinylm.rag", fake)
+    with pytest.raises(TinylmError, match=r"tinylm.rag has no retriever\(db\)"):
+        rag_retriever(db)
+    fake.retriever = lambda db: lambda q: f"{db.name}: {q}"
+    assert rag_retriever(db)("why?") == "index.db: why?"
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(TinylmError, match=r"--rag needs the tinylm\.rag module"):
+        rag_retriever(db)

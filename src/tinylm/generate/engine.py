@@ -111,6 +111,8 @@ def _decode(
     (`tinylm.generate.graphs`).
     """
     assert prompts and all(len(p) > 0 for p in prompts), "every prompt must hold at least one token"
+    if max_new_tokens <= 0:
+        return
     device = next(model.parameters()).device
     prompts = [list(p)[-block_size:] for p in prompts]
     width = max(len(p) for p in prompts)
@@ -123,6 +125,7 @@ def _decode(
     running = torch.ones(B, dtype=torch.bool, device=device)
     stops = torch.tensor(list(stop_ids) or [-2], device=device)
     sync_every = SYNC_EVERY.get(device.type, 1)
+    greedy = params == SamplingParams()  # plain argmax, no penalties: whole chunks run on the device
     chunk: list[tuple[Tensor, Tensor]] = []  # per pending step: (running before it, logprobs)
 
     def step(logits: Tensor, t: int) -> None:
@@ -133,6 +136,17 @@ def _decode(
         generated[:, t] = torch.where(running, nxt, PAD)
         chunk.append((running, logprob))
         running = running & ~torch.isin(nxt, stops)
+
+    def record(ids: Tensor, logprobs: Tensor, t: int) -> None:
+        """Record k tokens (B, k) chosen on the device from token t on, as k calls of `step` would."""
+        nonlocal running
+        k = ids.size(1)
+        history[:, width + t : width + t + k] = ids
+        hit = torch.isin(ids, stops)  # (B, k)
+        ran = running[:, None] & (hit.cumsum(dim=1) - hit.long() == 0)  # (B, k) running before each step
+        generated[:, t : t + k] = torch.where(ran, ids, PAD)
+        chunk.extend((ran[:, i], logprobs[:, i]) for i in range(k))
+        running = running & ~hit.any(dim=1)
 
     def flush(t: int) -> Iterator[list[tuple[int, int, float]]]:
         """Read back the pending steps, which end with token t - 1, and yield them in order."""
@@ -161,9 +175,9 @@ def _decode(
         logits = model(
             prompt_ids, input_pos=slots[:width], cache=cache, positions=positions, key_mask=key_mask
         )[:, -1]
-        while produced < n_cached:
-            step(logits, produced)
-            produced += 1
+        step(logits, 0)
+        produced = 1
+        while True:
             if len(chunk) == sync_every or produced == n_cached:
                 yield from flush(produced)
                 if not running.any():
@@ -175,6 +189,12 @@ def _decode(
                 decoder.token.copy_(history[:, at : at + 1].clamp(min=0))
                 decoder.slot.fill_(at)
                 decoder.positions.copy_((at - pad)[:, None])
+            if fast and greedy:  # the rest of this chunk's steps in one graph replay
+                k = min(sync_every - len(chunk), n_cached - produced)
+                record(*decoder.greedy_chunk(k), produced)
+                produced += k
+                continue
+            if fast:
                 logits = decoder.replay()
             else:
                 logits = model(
@@ -184,6 +204,8 @@ def _decode(
                     positions=(at - pad)[:, None],
                     key_mask=key_mask,
                 )[:, -1]
+            step(logits, produced)
+            produced += 1
         if produced == max_new_tokens:
             return
     for t in range(produced, max_new_tokens):  # no cache, or past the context window

@@ -8,12 +8,17 @@ captured into a CUDA graph that one call replays. Inputs live in static buffers 
 place (no host sync); the cache belongs to the step and is reused across requests (a new prompt simply
 overwrites its slots, see `KVCache`). Cache lengths are rounded up to a multiple of `BUCKET` so that
 requests of similar lengths share one graph.
+
+Plain greedy decoding (no penalties) goes further: `greedy_chunk(k)` is a second graph of k whole steps,
+each choosing its token by argmax and feeding it to the next, so k tokens cost one replay and no Python
+work per token at all.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -52,10 +57,45 @@ class DecodeStep:
     key_mask: Tensor
     logits: Tensor
     graph: torch.cuda.CUDAGraph
+    compiled: Callable[..., Tensor]
+    chunks: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = field(default_factory=dict)
 
     def replay(self) -> Tensor:
         self.graph.replay()
         return self.logits
+
+    def greedy_chunk(self, k: int) -> tuple[Tensor, Tensor]:
+        """Run k greedy steps from the current buffers: ids (B, k) and their logprobs (B, k).
+
+        Step i writes its keys/values at slot + i and feeds its argmax to step i + 1; the buffers are left
+        advanced by k. The graph for k is captured on first use.
+        """
+        if k not in self.chunks:
+            self.chunks[k] = self._capture_chunk(k)
+        graph, ids, logprobs = self.chunks[k]
+        graph.replay()
+        return ids, logprobs
+
+    @torch.inference_mode(False)
+    @torch.no_grad()
+    def _capture_chunk(self, k: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor]:
+        B = self.token.size(0)
+        ids = torch.zeros(B, k, dtype=torch.long, device=self.token.device)
+        logprobs = torch.zeros(B, k, dtype=torch.float32, device=self.token.device)
+        saved = [t.clone() for t in (self.token, self.slot, self.positions)]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for i in range(k):
+                logits = self.compiled(self.token, self.slot, self.positions, self.key_mask).float()
+                nxt = logits.argmax(dim=-1)  # (B,)
+                ids[:, i] = nxt
+                logprobs[:, i] = logits.log_softmax(dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
+                self.token.copy_(nxt[:, None])
+                self.slot.add_(1)
+                self.positions.add_(1)
+        for t, value in zip((self.token, self.slot, self.positions), saved):
+            t.copy_(value)  # capturing ran nothing, but keep the buffers as they were all the same
+        return graph, ids, logprobs
 
 
 def decode_step(model: GPT, batch_size: int, max_len: int) -> DecodeStep:
@@ -71,7 +111,10 @@ def decode_step(model: GPT, batch_size: int, max_len: int) -> DecodeStep:
     return steps[key]
 
 
+@torch.inference_mode(False)
+@torch.no_grad()
 def _build(model: GPT, B: int, S: int) -> DecodeStep:
+    """Normal tensors (not inference tensors), so that calls with and without inference_mode can share."""
     device = model.wte.weight.device
     cache = model.new_cache(B, S)
     token = torch.zeros(B, 1, dtype=torch.long, device=device)
@@ -94,4 +137,4 @@ def _build(model: GPT, B: int, S: int) -> DecodeStep:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         logits = compiled(*args)
-    return DecodeStep(cache, token, slot, positions, key_mask, logits, graph)
+    return DecodeStep(cache, token, slot, positions, key_mask, logits, graph, compiled)

@@ -73,12 +73,21 @@ def test_bucketed_cache_lengths():
 def test_cuda_graph_decode_equals_eager(monkeypatch, dtype):
     model = _model(norm="rmsnorm", mlp="swiglu").to("cuda", dtype)
     assert graphs.enabled(model)
-    params = SamplingParams(repetition_penalty=1.2)
-    fast = _run(model, params, new=40)
-    assert _run(model, params, new=40) == fast  # replaying the same graph again
-    assert len(model.__dict__["_decode_steps"]) == 1  # one shape, one graph
-    monkeypatch.setenv("TINYLM_CUDA_GRAPHS", "0")
-    assert not graphs.enabled(model)
-    eager = _run(model, params, new=40)
-    n = 40 if dtype == torch.float32 else 8  # bf16: compiled and eager may round a near-tie differently
-    assert [f[0][:n] for f in fast] == [e[0][:n] for e in eager]
+    # plain greedy runs whole chunks in one graph; with a penalty, the step graph and an eager choice
+    for params in (GREEDY, SamplingParams(repetition_penalty=1.2)):
+        monkeypatch.delenv("TINYLM_CUDA_GRAPHS", raising=False)
+        stop = _run(model, params, new=40)[1][0][9]  # row 1 stops at its 10th token (or earlier)
+        with torch.inference_mode():  # graphs built under inference_mode serve calls without it too
+            fast = _run(model, params, stop_ids=[stop], new=40)
+        assert _run(model, params, stop_ids=[stop], new=40) == fast  # replaying the same graphs again
+        assert len(model.__dict__["_decode_steps"]) == 1  # one shape, one step graph
+        monkeypatch.setenv("TINYLM_CUDA_GRAPHS", "0")
+        assert not graphs.enabled(model)
+        eager = _run(model, params, stop_ids=[stop], new=40)
+        n = 40 if dtype == torch.float32 else 8  # bf16: compiled and eager may round a near-tie apart
+        assert [f[0][:n] for f in fast] == [e[0][:n] for e in eager]
+        assert [f[2] for f in fast] == [e[2] for e in eager] or dtype == torch.bfloat16
+        assert fast[1][2] == "stop" and len(fast[1][0]) <= 10
+        if dtype == torch.float32:
+            flat = [lp for f in fast for lp in f[1]]
+            assert flat == pytest.approx([lp for e in eager for lp in e[1]], abs=1e-3)

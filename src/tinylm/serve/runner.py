@@ -1,0 +1,97 @@
+"""Run the server: `serve()` behind `tinylm serve`, and `running()` to serve an app from a thread.
+
+`serve` loads the model, wires the optional RAG retriever and blocks in uvicorn. It binds 127.0.0.1 unless
+told otherwise and says so when it listens beyond this machine without an API key. `running` starts an app
+on a loopback port of its own in a background thread (tests, notebooks, benchmarks) and stops it on exit.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI
+
+from tinylm.errors import TinylmError
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def serve(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    rag: str | Path | None = None,
+    max_batch: int = 8,
+    max_len: int | None = None,
+    device: str | None = None,
+) -> None:
+    """Serve `model` (a checkpoint dir, a model name or an HF dir) until interrupted."""
+    import uvicorn
+
+    from tinylm.api import load
+    from tinylm.serve.app import create_app
+
+    if max_batch < 1:
+        raise TinylmError(f"--max-batch: expected >= 1, found {max_batch}")
+    retriever = None
+    if rag is not None:
+        if not Path(rag).is_file():
+            raise TinylmError(f"--rag {rag}: no such RAG database (build one with `tinylm rag index`)")
+        from tinylm.chat.session import rag_retriever
+
+        retriever = rag_retriever(rag)
+    lm = load(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    block = lm.config.block_size
+    if max_len is not None and not 2 <= max_len <= block:
+        raise TinylmError(f"--max-len: expected 2..{block} (the model's context window), found {max_len}")
+    app = create_app(
+        lm,
+        model_name=model,
+        api_key=api_key,
+        retriever=retriever,
+        max_batch=max_batch,
+        max_len=max_len or min(block, 2048),
+    )
+    if host not in LOOPBACK and api_key is None:
+        print(
+            f"warning: serving on {host} without --api-key: anyone who can reach port {port} can use the model",
+            file=sys.stderr,
+        )
+    print(f"tinylm: {model} on http://{host}:{port} (chat page at /, API at /v1)", file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@contextmanager
+def running(app: FastAPI, *, host: str = "127.0.0.1", timeout: float = 60) -> Iterator[str]:
+    """Serve `app` from a background thread on a free port; yields its base URL, stops it on exit."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="tinylm-uvicorn", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the server on {host}:{port} did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()

@@ -1,0 +1,148 @@
+"""The request bodies of the OpenAI-compatible endpoints, validated by pydantic.
+
+Fields follow OpenAI's API with its ranges. Unknown fields are refused (a typo such as `temprature` is an
+error, not a silent default); a few that only label a request (`user`, `metadata`, ...) are accepted and
+ignored. OpenAI features tinylm does not have (`echo`, `logit_bias`, tools, ...) are refused by
+`unsupported()` with the field named. Extensions: `top_k`, `min_p`, `repetition_penalty` for sampling, `rag`
+for chat (on a server started with `--rag`), `pooling` for embeddings. This module only describes requests.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tinylm.serve.protocol import APIError
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    # accepted and ignored: they label a request, they do not change the reply
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+
+
+class GenerationBody(_Body):
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    top_k: int | None = Field(None, ge=1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> list[str] | None:
+        stops = [v] if isinstance(v, str) else v
+        if stops is not None and len(stops) > 4:
+            raise ValueError(f"at most 4 stop sequences, found {len(stops)}")
+        return stops
+
+    def sampling_options(self) -> dict[str, Any]:
+        """The options `tinylm.api.LM` knows, for the fields that were set (the rest keep their defaults)."""
+        names = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty")
+        names += ("repetition_penalty", "stop")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def unsupported(self) -> None:
+        if self.logit_bias:
+            raise _unsupported("logit_bias")
+
+
+class CompletionRequest(GenerationBody):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)
+
+    def unsupported(self) -> None:
+        super().unsupported()
+        if self.echo:
+            raise _unsupported("echo")
+        if self.suffix:
+            raise _unsupported("suffix")
+        if self.best_of not in (None, self.n):
+            raise _unsupported("best_of", "best_of other than n")
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def as_template_message(self) -> dict[str, str]:
+        """{"role", "content"} for a chat template: text parts joined, `developer` read as `system`."""
+        content = (
+            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
+        )
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+
+
+class ChatRequest(GenerationBody):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    rag: bool | None = None
+
+    def unsupported(self) -> None:
+        super().unsupported()
+        for name in ("tools", "tool_choice", "functions", "function_call"):
+            if getattr(self, name):
+                raise _unsupported(name)
+        if self.response_format and self.response_format.get("type") != "text":
+            raise _unsupported("response_format", "response_format other than text")
+        if self.top_logprobs and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+
+    @property
+    def reply_budget(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class EmbeddingRequest(_Body):
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    pooling: Literal["mean", "last"] = "mean"
+
+
+def _unsupported(param: str, what: str | None = None) -> APIError:
+    return APIError(
+        400, f"{what or param} is not supported by this server", param=param, code="unsupported_parameter"
+    )

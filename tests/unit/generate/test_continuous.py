@@ -1,0 +1,180 @@
+"""Continuous batching against `generate_batch` on each prompt alone: requests joining a running batch at
+staggered times, rows ending at different steps, the cursor wrapping and moving, per-row sampling."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from tinylm.generate.continuous import Batcher, Finished, Request, Token
+from tinylm.generate.engine import generate_batch
+from tinylm.generate.sampling import SamplingParams
+from tinylm.model import GPTConfig, build_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+PROMPTS = [[5, 6, 7, 8, 9], [11, 12], [3, 4, 5, 6, 7, 8, 9, 10, 2, 17, 30, 31, 32], [40], [22, 23, 24, 25]]
+
+
+def _model(pos="rope", n_kv_head=None, block_size=48):
+    cfg = GPTConfig(
+        vocab_size=50, block_size=block_size, n_layer=2, n_head=4, n_kv_head=n_kv_head, n_embd=32, pos=pos
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(6.0)  # sharper distributions: greedy choices far from ties
+    return model
+
+
+def _tokens(job) -> tuple[list[int], list[float], str]:
+    tokens, logprobs = [], []
+    for event in job.events(timeout=30):
+        if isinstance(event, Token):
+            tokens.append(event.id)
+            logprobs.append(event.logprob)
+    return tokens, logprobs, event.reason
+
+
+def _alone(model, prompt, request):
+    g = torch.Generator().manual_seed(request.seed) if request.seed is not None else None
+    return generate_batch(
+        model,
+        [prompt],
+        max_new_tokens=request.max_new_tokens,
+        block_size=model.config.block_size,
+        params=request.params,
+        stop_ids=request.stop_ids,
+        generator=g,
+    )[0]
+
+
+def _staggered(batcher, requests):
+    """Submit each request once the previous one has produced two tokens; collect every job's result."""
+    results = [None] * len(requests)
+    threads = []
+    for i, request in enumerate(requests):
+        got = threading.Event()
+        seen = []
+
+        def sink(event, i=i, got=got, seen=seen):
+            seen.append(event)
+            if len([e for e in seen if isinstance(e, Token)]) >= 2 or isinstance(event, Finished):
+                got.set()
+
+        job = batcher.submit(request, sink=sink)
+        threads.append((job, seen))
+        got.wait(timeout=30)
+    deadline = time.time() + 30
+    while not all(seen and isinstance(seen[-1], Finished) for _, seen in threads):
+        assert time.time() < deadline, "jobs did not finish"
+        time.sleep(0.005)
+    for i, (_, seen) in enumerate(threads):
+        tokens = [e for e in seen if isinstance(e, Token)]
+        results[i] = ([t.id for t in tokens], [t.logprob for t in tokens], seen[-1].reason)
+    return results
+
+
+@pytest.mark.parametrize("pos,n_kv_head", [("rope", None), ("learned", 2), ("alibi", None)])
+def test_greedy_staggered_requests_equal_each_prompt_alone(pos, n_kv_head):
+    model = _model(pos, n_kv_head)
+    stop = _alone(model, PROMPTS[0], Request(tuple(PROMPTS[0]), 20)).tokens[6]  # ends some rows early
+    requests = [Request(tuple(p), 30 - len(p), stop_ids=(stop,)) for p in PROMPTS]
+    requests += [Request(tuple(p), 12) for p in PROMPTS]  # more requests than rows: they wait for one
+    with Batcher(model, max_batch=3) as batcher:
+        results = _staggered(batcher, requests)
+        assert batcher.stats()["running"] == 0
+        assert batcher.steps > 0
+    reasons = set()
+    for request, (tokens, logprobs, reason) in zip(requests, results):
+        want = _alone(model, list(request.prompt), request)
+        assert tokens == want.tokens
+        assert reason == want.finish_reason
+        torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(want.logprobs), atol=1e-4, rtol=0)
+        reasons.add(reason)
+    assert reasons == {"stop", "length"}
+
+
+def test_cursor_wraps_and_moves_in_a_short_cache():
+    """max_len 24 with budgets near it: the cursor reaches the end often and long prompts push it right."""
+    model = _model(block_size=32)
+    requests = [Request(tuple(p), 24 - len(p)) for p in PROMPTS] * 2
+    with Batcher(model, max_batch=2, max_len=24) as batcher:
+        results = _staggered(batcher, requests)
+    for request, (tokens, _, _) in zip(requests, results):
+        assert tokens == _alone(model, list(request.prompt), request).tokens
+
+
+def test_each_row_samples_with_its_own_params_and_seed():
+    model = _model()
+    mixed = [
+        SamplingParams(temperature=1.0, top_p=0.9),
+        SamplingParams(temperature=0.7, top_k=5, frequency_penalty=0.5, presence_penalty=0.3),
+        SamplingParams(repetition_penalty=1.3, no_repeat_ngram_size=2),  # greedy with penalties
+        SamplingParams(temperature=1.2, min_p=0.05),
+    ]
+    requests = [
+        Request(tuple(p), 16, params=params, seed=s, top_logprobs=3)
+        for s, (p, params) in enumerate(zip(PROMPTS, mixed))
+    ]
+    with Batcher(model, max_batch=4) as batcher:
+        jobs = [batcher.submit(r) for r in requests]
+        results = [_tokens(job) for job in jobs]
+        again = _tokens(batcher.submit(requests[0]))
+    for request, (tokens, _, _) in zip(requests, results):
+        assert tokens == _alone(model, list(request.prompt), request).tokens
+    assert again[0] == results[0][0]  # a seed repeats, whoever else shares the batch
+
+
+def test_top_logprobs_are_sorted_and_hold_the_greedy_choice():
+    model = _model()
+    with Batcher(model, max_batch=2) as batcher:
+        job = batcher.submit(Request(tuple(PROMPTS[1]), 5, top_logprobs=4))
+        tokens = [e for e in job.events(timeout=30) if isinstance(e, Token)]
+    assert len(tokens) == 5
+    for t in tokens:
+        assert len(t.top) == 4
+        assert [lp for _, lp in t.top] == sorted((lp for _, lp in t.top), reverse=True)
+        assert t.top[0] == (t.id, pytest.approx(t.logprob, abs=1e-5))
+
+
+def test_cancel_frees_the_row_for_a_waiting_request():
+    model = _model()
+    with Batcher(model, max_batch=1) as batcher:
+        first = batcher.submit(Request(tuple(PROMPTS[0]), 40))
+        second = batcher.submit(Request(tuple(PROMPTS[1]), 3))
+        events = first.events(timeout=30)
+        assert isinstance(next(events), Token)
+        assert batcher.stats() == {**batcher.stats(), "running": 1, "waiting": 1}
+        first.cancel()
+        rest = list(events)
+        assert rest[-1] == Finished("cancelled")
+        assert len(rest) - 1 < 39  # stopped well before its budget
+        tokens, _, reason = _tokens(second)
+        assert reason == "length" and len(tokens) == 3
+        assert batcher.finished["cancelled"] == 1
+        assert batcher.stats()["running"] == 0
+
+
+def test_bad_requests_are_refused_and_calls_run_on_the_thread():
+    model = _model()
+    with Batcher(model, max_batch=1) as batcher:
+        with pytest.raises(ValueError, match="prompt \\+ max_new_tokens <= 48"):
+            batcher.submit(Request(tuple(range(40)), 9))
+        with pytest.raises(ValueError, match="temperature"):
+            batcher.submit(Request((1,), 2, params=SamplingParams(temperature=-1)))
+        assert batcher.call(threading.current_thread).result(timeout=30).name == "tinylm-batcher"
+        with pytest.raises(ZeroDivisionError):
+            batcher.call(lambda: 1 / 0).result(timeout=30)
+    with pytest.raises(TypeError, match="GPT with a KV cache"):
+        Batcher(build_model(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_embd=8, kind="gru")))

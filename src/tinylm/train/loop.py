@@ -86,7 +86,7 @@ def fit(cfg: RunConfig) -> Path:
     adapt(raw_model, t)
     from tinylm.memory import check_fits  # prints the memory estimate; refuses a run that cannot fit
 
-    check_fits(cfg, raw_model, fabric.device, processes=fabric.world_size // t.num_nodes, announce=fabric.is_global_zero)
+    check_fits(cfg, raw_model, fabric)
     optimizer = make_optimizer(
         raw_model,
         lr=t.learning_rate,

@@ -15,12 +15,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from tinylm.chat.templates import render_chat
+from tinylm.chat.templates import CHAT, render_chat
 from tinylm.checkpoint import Checkpoint, load_checkpoint
 from tinylm.errors import CheckpointError, TinylmError
 from tinylm.generate.detok import TextStream
 from tinylm.generate.engine import Generated, generate_batch
 from tinylm.generate.sampling import SamplingParams
+from tinylm.model import GPT
+from tinylm.quantize import check_method
+from tinylm.quantize import quantize as quantize_model
 
 Prompt = str | list[dict[str, str]]  # plain text, or chat messages
 
@@ -203,7 +206,11 @@ class LM:
             return render_chat(prompt, self.tokenizer, self.chat_template)
         if chat:
             return render_chat([{"role": "user", "content": prompt}], self.tokenizer, self.chat_template)
-        return (prompt if raw else self.prompt_template.format(prompt=prompt)), []
+        if raw:
+            return prompt, []
+        if self.prompt_template == CHAT:
+            return render_chat([{"role": "user", "content": prompt}], self.tokenizer, self.chat_template)
+        return self.prompt_template.format(prompt=prompt), []
 
     def _encode(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text)
@@ -220,6 +227,11 @@ class LM:
     def _beam(self, prompt_ids: list[int], opts: GenerationOptions, stop_ids: list[int]) -> Generated:
         from tinylm.generate.beam import beam_search
 
+        if not isinstance(self.model, GPT):
+            raise TinylmError(
+                f"num_beams={opts.num_beams}: beam search runs on tinylm's GPT and its KV cache; this "
+                f"{type(self.model).__name__} model decodes with num_beams=1 (greedy or sampling)"
+            )
         best, _score = beam_search(
             self.model,
             prompt_ids,
@@ -237,9 +249,14 @@ def _is_messages(prompt: Any) -> bool:
     return isinstance(prompt, list) and bool(prompt) and all(isinstance(m, dict) for m in prompt)
 
 
-def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> LM:
+def load(name_or_path: str | Path, *, device: str | torch.device = "cpu", quantize: str = "none") -> LM:
     """Load a tinylm checkpoint directory, a run's `last`/`best` link, a registry name such as
-    `smollm2-135m-instruct`, or a Hugging Face model directory (converted once and cached)."""
+    `smollm2-135m-instruct`, or a Hugging Face model directory (converted once and cached).
+
+    quantize="int8" turns the weights into weight-only int8 after loading (`tinylm.quantize`): about 4x
+    less weight memory and faster batch-1 decoding, for inference only. "none" keeps them as stored.
+    """
+    check_method(quantize)  # before the (slow) load
     path = Path(name_or_path)
     if not path.exists() and len(path.parts) > 1:  # a path, not a model name
         raise CheckpointError(f"{path}: no such checkpoint directory")
@@ -247,4 +264,6 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> LM:
         from tinylm.convert import resolve_model
 
         path = resolve_model(name_or_path)
-    return LM(load_checkpoint(path, device=device))
+    checkpoint = load_checkpoint(path, device=device)
+    quantize_model(checkpoint.model, quantize)
+    return LM(checkpoint)

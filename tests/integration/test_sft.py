@@ -2,12 +2,15 @@
 test_config.yaml → tinylm test; the fine-tuned model stops by itself."""
 
 import json
+import logging
 
 import torch
 import yaml
 
 from tests.conftest import run_cli
+from tests.unit.tiny_hf import save_tiny_gpt_neo, save_tiny_tokenizer
 from tinylm import load
+from tinylm.cli import main
 from tinylm.train.loggers import read_metrics
 
 COLORS = ["red", "blue", "green", "black", "white", "pink", "gray", "brown", "gold", "teal"]
@@ -15,20 +18,14 @@ THINGS = ["box", "cup", "hat"]
 PAIRS = [(f"What color is the {c} {t}?", f"The {c} {t} is {c}.") for t in THINGS for c in COLORS]
 
 
+CORPUS = [f"Question: {q}\nAnswer: {a}" for q, a in PAIRS]
+
+
 def _tiny_pretrained(path):
     """A tiny Llama (the SmolLM2 family) with a byte-level BPE tokenizer, saved like a hub download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [f"Question: {q}\nAnswer: {a}" for q, a in PAIRS]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"]))
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
-    )
-    hf_tok.save_pretrained(path)
+    hf_tok = save_tiny_tokenizer(path, CORPUS)
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=len(hf_tok),
@@ -50,11 +47,9 @@ def _sft_data(path):
     return path
 
 
-def test_seed_configs_fine_tune_and_test(tmp_path):
-    model_dir = _tiny_pretrained(tmp_path / "tiny-llama")
-    data = _sft_data(tmp_path / "qa.json")
-    run = tmp_path / "sft"
-    trainer = {
+def _trainer_config(model_dir, data, run) -> dict:
+    """The seed's trainer_config.yaml, every key of it, for `model_dir`."""
+    return {
         "data": {
             "batch_size": 8,
             "data_dir": str(data),
@@ -104,16 +99,11 @@ def test_seed_configs_fine_tune_and_test(tmp_path):
             "args": {"group": "g", "job_type": "sft", "name": "tiny", "project_name": "tinylm"},
         },
     }
-    (tmp_path / "trainer_config.yaml").write_text(yaml.safe_dump(trainer))
-    result = run_cli("train", str(tmp_path / "trainer_config.yaml"))
-    assert result.returncode == 0, result.stderr
-    assert "trainable" in result.stderr
-    rows = read_metrics(run / "metrics.csv")
-    rouge = [v for _, n, v in rows if n == "val_rougeL"]
-    assert len(rouge) >= 2 and max(rouge) > 0.9 and max(rouge) > rouge[0]
-    assert list((run / "wandb").glob("offline-run-*"))
 
-    test = {
+
+def _test_config(model_dir, data, log_file, checkpoint) -> dict:
+    """The seed's test_config.yaml, testing `checkpoint` (fine-tuned from `model_dir`)."""
+    return {
         "cuda": False,
         "data": {
             "data_dir": str(data),
@@ -134,12 +124,29 @@ def test_seed_configs_fine_tune_and_test(tmp_path):
         "seed": 3,
         "test_params": {
             "do_compute_metrics": True,
-            "log_file": str(tmp_path / "test_log.jsonl"),
+            "log_file": str(log_file),
             "save_steps": 2,
-            "test_model_path": str(run / "checkpoints" / "best"),
+            "test_model_path": str(checkpoint),
         },
         "use_cache": True,
     }
+
+
+def test_seed_configs_fine_tune_and_test(tmp_path):
+    model_dir = _tiny_pretrained(tmp_path / "tiny-llama")
+    data = _sft_data(tmp_path / "qa.json")
+    run = tmp_path / "sft"
+    trainer = _trainer_config(model_dir, data, run)
+    (tmp_path / "trainer_config.yaml").write_text(yaml.safe_dump(trainer))
+    result = run_cli("train", str(tmp_path / "trainer_config.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "trainable" in result.stderr
+    rows = read_metrics(run / "metrics.csv")
+    rouge = [v for _, n, v in rows if n == "val_rougeL"]
+    assert len(rouge) >= 2 and max(rouge) > 0.9 and max(rouge) > rouge[0]
+    assert list((run / "wandb").glob("offline-run-*"))
+
+    test = _test_config(model_dir, data, tmp_path / "test_log.jsonl", run / "checkpoints" / "best")
     (tmp_path / "test_config.yaml").write_text(yaml.safe_dump(test))
     tested = run_cli("test", str(tmp_path / "test_config.yaml"))
     assert tested.returncode == 0, tested.stderr
@@ -151,6 +158,51 @@ def test_seed_configs_fine_tune_and_test(tmp_path):
     question, answer = PAIRS[0]
     done = lm.complete([question], max_new_tokens=30)[0]
     assert done.finish_reason == "stop" and done.text.strip() == answer  # stops by itself at EOS
+
+
+def test_seed_configs_fine_tune_and_test_gpt_neo(tmp_path, monkeypatch, capsys, caplog):
+    """GPT-Neo, which tinylm does not convert, trains through transformers with the seed's freezing flags;
+    its checkpoints are HF model directories that `tinylm test` and `tinylm.load` read back."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("TINYLM_HOME", str(tmp_path / "home"))  # where the pretrained model is stored once
+    model_dir = save_tiny_gpt_neo(tmp_path / "tiny-neo", CORPUS)
+    data = _sft_data(tmp_path / "qa.json")
+    run = tmp_path / "sft"
+    trainer = _trainer_config(model_dir, data, run)
+    trainer["data"]["batch_size"] = 4
+    trainer["model_params"] |= {"freeze_emb": True, "freeze_ln": False, "freeze_attn": True}
+    trainer["model_params"]["layers_not_to_freeze"] = ["h.1.attn."]
+    trainer["trainer"]["checkpoint"]["log_obg"] = "val_loss"
+    trainer["trainer"]["checkpoint"]["mode"] = "min"
+    trainer["trainer"]["params"] |= {"max_epochs": 1, "overfit_batches": 3, "val_check_interval": 3}
+    del trainer["wandb"]  # its offline run takes seconds; the Llama test above covers it
+    (tmp_path / "trainer_config.yaml").write_text(yaml.safe_dump(trainer))
+    with caplog.at_level(logging.WARNING, logger="tinylm.hf_model"):
+        assert main(["train", str(tmp_path / "trainer_config.yaml")]) == 0  # in this process: fast
+    assert "gpt_neo runs through transformers' AutoModelForCausalLM, not tinylm's GPT" in caplog.text
+    assert "done: step 3" in capsys.readouterr().err
+    assert {n for _, n, _ in read_metrics(run / "metrics.csv")} >= {"train_loss", "val_loss", "val_rougeL"}
+
+    best = run / "checkpoints" / "best"
+    tuned = dict(AutoModelForCausalLM.from_pretrained(best, local_files_only=True).named_parameters())
+    base = dict(AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).named_parameters())
+    changed = {k.removeprefix("transformer.") for k in base if not torch.equal(base[k], tuned[k])}
+    frozen = {k for k in base if k.startswith(("transformer.wte", "transformer.wpe", "transformer.h.0.attn"))}
+    assert changed == {k.removeprefix("transformer.") for k in set(base) - frozen}
+    assert {"h.1.attn.attention.q_proj.weight", "h.0.mlp.c_fc.bias", "ln_f.weight"} <= changed
+    assert len(frozen) == 7  # wte, wpe, and h.0's q/k/v and out projections (kept: h.1's)
+
+    test = _test_config(model_dir, data, tmp_path / "test_log.jsonl", best)
+    (tmp_path / "test_config.yaml").write_text(yaml.safe_dump(test))
+    assert main(["test", str(tmp_path / "test_config.yaml")]) == 0
+    assert "rougeL" in capsys.readouterr().out
+    logged = [json.loads(line) for line in (tmp_path / "test_log.jsonl").read_text().splitlines()]
+    assert [r["reference"] for r in logged] == [a for _, a in PAIRS[-3:]]
+    assert all(r["prompt"].startswith("Question: ") for r in logged)
+
+    lm = load(best)
+    assert lm.checkpoint.meta["step"] == 3 and lm.complete([PAIRS[0][0]], max_new_tokens=4)[0].tokens
 
 
 def test_seed_config_errors_name_the_seed_keys(tmp_path):

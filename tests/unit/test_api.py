@@ -108,3 +108,13 @@ def test_beam_search_through_the_api(tmp_path):
     done = lm.complete(["héllo"], num_beams=3, max_new_tokens=6)[0]
     assert done.tokens == best
     assert done.text == lm.tokenizer.decode([t for t in best if t != lm.tokenizer.eos_id], skip_special=True)
+
+
+def test_a_model_trained_on_the_chat_layout_is_prompted_with_it(tmp_path):
+    lm = _lm(tmp_path)
+    lm.prompt_template = "chat"  # what a run with data.prompt_template: chat saves in tinylm.json
+    text = "<|im_start|>user\nabc<|im_end|>\n<|im_start|>assistant\n"
+    assert lm._layout("abc", chat=False, raw=False) == (text, ["<|im_end|>"])
+    ids = lm.tokenizer.encode(text)[-32:]  # the engine keeps the last block_size tokens
+    reply = lm.complete(["abc"], max_new_tokens=1, stop=[])[0]
+    assert reply.tokens == [int(lm.model(torch.tensor([ids]))[0, -1].argmax())]

@@ -185,3 +185,11 @@ def test_seed_test_config_loads_and_rejects_unknown_keys(tmp_path):
         ConfigError, match=r"generate_params\.top_kk: unknown key \(did you mean 'generate_params\.top_k'\?\)"
     ):
         load_test_config(write_config(tmp_path, raw))
+
+
+def test_seed_trainer_config_can_train_on_the_chat_template():
+    seed = Path(__file__).resolve().parents[2] / "examples/sft/trainer_config.yaml"
+    assert load_config(seed, []).data.prompt_template == "Question: {prompt}\nAnswer:"
+    assert load_config(seed, ["data.prompt_template=chat"]).data.prompt_template == "chat"
+    with pytest.raises(ConfigError, match="prompt_template"):
+        load_config(seed, ["data.prompt_template=no placeholder"])

@@ -19,12 +19,23 @@ TEMPLATES = {
 ROLES = ("system", "user", "assistant")
 
 
+CHAT = "chat"  # as a prompt template: lay prompts out with the chat template (`layout_prompt`)
+
+
 def check_messages(messages: list[dict]) -> None:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise TinylmError(
                 f"message {i}: expected {{'role': one of {', '.join(ROLES)}, 'content': str}}, found {m!r}"
             )
+
+
+def layout_prompt(prompt: str, template: str, tokenizer) -> str:
+    """A Q/A prompt laid out for the model: `template` with `{prompt}` filled in, or, for the template
+    "chat", one user message in the tokenizer's chat template, ending where the reply starts."""
+    if template == CHAT:
+        return render_chat([{"role": "user", "content": prompt}], tokenizer)[0]
+    return template.format(prompt=prompt)
 
 
 def render_chat(messages: list[dict], tokenizer, template: str | None = None) -> tuple[str, list[str]]:

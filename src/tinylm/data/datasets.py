@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from tinylm.chat.templates import layout_prompt
 from tinylm.data.formats import Example
 
 IGNORE_INDEX = -100
@@ -63,11 +64,11 @@ class EncodedExample:
 def encode_example(
     ex: Example, tok, *, template: str, max_length: int, loss_on: str = "response"
 ) -> EncodedExample:
-    """prompt (laid out by `template`) + response + EOS, shifted for next-token prediction.
+    """prompt (laid out by `template`, see `layout_prompt`) + response + EOS, shifted for next-token prediction.
 
     If too long, the prompt is cut from the left first (the question, never the answer), then the response.
     """
-    prompt = tok.encode(template.format(prompt=ex.prompt))
+    prompt = tok.encode(layout_prompt(ex.prompt, template, tok))
     response = [*tok.encode(ex.response), tok.eos_id]
     budget = max_length + 1
     truncated = len(prompt) + len(response) > budget

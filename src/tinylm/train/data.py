@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from tinylm.chat.templates import layout_prompt
 from tinylm.config import RunConfig, TokenizerConfig
 from tinylm.data.datasets import QARows, TokenDataset, TokenWindows, encode_example
 from tinylm.data.formats import Example, read_documents, read_examples
@@ -67,7 +68,7 @@ def _prepare_qa(cfg: RunConfig, tokenizer: Tokenizer | None) -> Prepared:
         val_ex = read_examples(d.path, split=d.val_split, **keys)
     else:
         train_ex, val_ex = _hold_out(train_ex, d.val_fraction, cfg.seed)
-    layout = [d.prompt_template.format(prompt=e.prompt) + e.response for e in train_ex + val_ex]
+    layout = [layout_prompt(e.prompt, d.prompt_template, tokenizer) + e.response for e in train_ex + val_ex]
     tok = tokenizer or build_tokenizer(cfg.tokenizer, layout)
     train, stats = _qa_rows(train_ex, tok, cfg)
     val = _qa_rows(val_ex, tok, cfg)[0] if val_ex else None

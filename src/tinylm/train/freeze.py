@@ -3,7 +3,10 @@
 A parameter belongs to one of five groups, read from its name in the GPT of `tinylm.model`: embeddings
 (`wte`, `wpe`), norms (`ln_1`, `ln_2`, `ln_f`), attention (`attn.*`), feed-forward (`mlp.*`) and everything
 else (an untied `lm_head`, the GRU baseline's `gru.*`). A tied `lm_head.weight` is `wte.weight` itself, so it
-follows the embedding group.
+follows the embedding group. The same reading covers the module names of models run through transformers
+(`tinylm.hf_model`, names under `hf.`): GPT-2 / GPT-Neo / GPT-J use tinylm's names, and the Llama family's
+`embed_tokens`, `self_attn` and `*norm*` (OPT's `fc1`/`fc2`, GPT-NeoX's `embed_in`, Bloom's
+`word_embeddings`/`self_attention`) map onto the same groups.
 
 What this module does not do: it never unfreezes a parameter (it only sets `requires_grad=False`), builds no
 optimizer (`tinylm.train.optim` skips frozen parameters) and knows nothing about LoRA (`tinylm.train.lora`).
@@ -20,18 +23,22 @@ from tinylm.errors import TinylmError
 from tinylm.model import count_params
 
 GROUPS = ("emb", "ln", "attn", "ff", "other")
+_EMB = {"wte", "wpe", "embed_tokens", "embed_positions", "embed_in", "word_embeddings"}
+_ATTN = {"attn", "self_attn", "attention", "self_attention"}
+_FF = {"mlp", "feed_forward", "fc1", "fc2"}
 
 
 def group_of(name: str) -> str:
-    """The group of a parameter name: "h.0.attn.qkv.weight" -> "attn", "wte.weight" -> "emb", ..."""
+    """The group of a parameter name: "h.0.attn.qkv.weight" -> "attn", "wte.weight" -> "emb",
+    "hf.model.layers.0.post_attention_layernorm.weight" -> "ln", ... (the first part that names one)."""
     for part in name.split("."):
-        if part in ("wte", "wpe"):
+        if part in _EMB:
             return "emb"
-        if part.startswith("ln_"):
+        if part.startswith("ln_") or "norm" in part:
             return "ln"
-        if part == "attn":
+        if part in _ATTN:
             return "attn"
-        if part == "mlp":
+        if part in _FF:
             return "ff"
     return "other"
 

@@ -22,11 +22,20 @@ from rich.console import Console
 from safetensors.torch import load_model
 from torch import Tensor, nn
 
-from tinylm.checkpoint import WEIGHTS_FILE, CheckpointManager, load_trainer_state, read_meta, save_checkpoint
+from tinylm.chat.templates import layout_prompt
+from tinylm.checkpoint import (
+    WEIGHTS_FILE,
+    CheckpointManager,
+    is_hf_checkpoint,
+    load_trainer_state,
+    read_meta,
+    save_checkpoint,
+)
 from tinylm.config import RunConfig, TrainConfig, dump_config
 from tinylm.convert import resolve_model
 from tinylm.data.datasets import IGNORE_INDEX, BatchLoader, TokenDataset, eval_indices
-from tinylm.errors import TinylmError
+from tinylm.errors import ConfigError, TinylmError
+from tinylm.hf_model import HFCausalLM, HFModelConfig
 from tinylm.model import GPTConfig, build_model, count_params
 from tinylm.tokenizers import load_tokenizer
 from tinylm.train.data import prepare, resolve_resume
@@ -75,18 +84,24 @@ def fit(cfg: RunConfig) -> Path:
     tokenizer = load_tokenizer(source / "tokenizer") if source else None
     data = prepare(cfg, tokenizer)
     tokenizer = data.tokenizer
-    if init is None:
-        model_cfg = cfg.model_config_for(tokenizer.vocab_size)
+    model_cfg: GPTConfig | HFModelConfig
+    if source is not None and is_hf_checkpoint(source):  # runs through transformers (tinylm.hf_model)
+        raw_model = _hf_model(cfg, source).to(fabric.device)  # resumed or pretrained weights
+        model_cfg = raw_model.config
     else:
-        model_cfg = replace(GPTConfig.from_dict(read_meta(init)["model"]), **cfg.model)
-    with fabric.init_module():
-        raw_model = build_model(model_cfg)
-    if init is not None and resume_from is None:
-        load_model(raw_model, str(init / WEIGHTS_FILE), device=str(fabric.device))
+        if init is None:
+            model_cfg = cfg.model_config_for(tokenizer.vocab_size)
+        else:
+            model_cfg = replace(GPTConfig.from_dict(read_meta(init)["model"]), **cfg.model)
+        with fabric.init_module():
+            raw_model = build_model(model_cfg)
+        if init is not None and resume_from is None:
+            load_model(raw_model, str(init / WEIGHTS_FILE), device=str(fabric.device))
     adapt(raw_model, t)
-    from tinylm.memory import check_fits  # prints the memory estimate; refuses a run that cannot fit
+    if not isinstance(raw_model, HFCausalLM):  # the estimate models tinylm's GPT, op by op
+        from tinylm.memory import check_fits  # prints the memory estimate; refuses a run that cannot fit
 
-    check_fits(cfg, raw_model, fabric)
+        check_fits(cfg, raw_model, fabric)
     optimizer = make_optimizer(
         raw_model,
         lr=t.learning_rate,
@@ -267,6 +282,21 @@ def adapt(model: nn.Module, t: TrainConfig) -> None:
         apply_lora(model, r=t.lora.r, alpha=t.lora.alpha, dropout=t.lora.dropout, targets=t.lora.targets)
 
 
+def _hf_model(cfg: RunConfig, source: Path) -> HFCausalLM:
+    """The transformers model of an "hf" checkpoint, after refusing the options it cannot honour."""
+    problems = []
+    if cfg.data.packing:
+        problems.append("data.packing: a transformers model cannot keep packed rows apart; set it to false")
+    if cfg.model:
+        problems.append(
+            f"model: {', '.join(sorted(cfg.model))} cannot be set on a transformers model; "
+            f"it keeps the settings of {source / 'config.json'}"
+        )
+    if problems:
+        raise ConfigError(problems, f"the run on {source}")
+    return HFCausalLM.from_pretrained(source)
+
+
 def _weights_to_save(model: nn.Module, t: TrainConfig) -> nn.Module:
     """The plain GPT to write: with LoRA, a copy with the adapters merged into the weights."""
     if t.lora is None:
@@ -288,7 +318,8 @@ def generation_metrics(model: nn.Module, tokenizer, examples: list, cfg: RunConf
     for start in range(0, len(examples), 8):
         chunk = examples[start : start + 8]
         prompts = [
-            tokenizer.encode(cfg.data.prompt_template.format(prompt=e.prompt))[-block // 2 :] for e in chunk
+            tokenizer.encode(layout_prompt(e.prompt, cfg.data.prompt_template, tokenizer))[-block // 2 :]
+            for e in chunk
         ]
         rows = generate_batch(
             model,
@@ -403,7 +434,8 @@ def _restore(
 ) -> None:
     from safetensors.torch import load_model
 
-    load_model(model, str(path / "model.safetensors"), device=str(fabric.device))
+    if not isinstance(model, HFCausalLM):  # a transformers model was loaded from `path` already
+        load_model(model, str(path / "model.safetensors"), device=str(fabric.device))
     saved = load_trainer_state(path)
     optimizer.load_state_dict(saved["optimizer"])
     state.step, state.epoch, state.batch = (saved["state"][k] for k in ("step", "epoch", "batch"))

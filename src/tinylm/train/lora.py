@@ -107,7 +107,7 @@ def _targeted_linears(model: nn.Module, r: int, targets: Sequence[str]) -> list[
     problems = [f"{t!r} matches no Linear" for t in targets if not any(_ends(n, t) for n in linears)]
     problems += [f"{n} shares its weight with {other} (tied)" for n, other in _tied(model, chosen)]
     if problems or not chosen:
-        kinds = dict.fromkeys(re.sub(r"^h\.\d+\.", "h.N.", n) for n in linears)
+        kinds = dict.fromkeys(re.sub(r"(^|\.)(h|layers)\.\d+\.", r"\1\2.N.", n) for n in linears)
         raise TinylmError(
             f"train.lora.targets={list(targets)}: {'; '.join(problems) or 'no target given'}. "
             f"Linear layers: {', '.join(kinds)}"

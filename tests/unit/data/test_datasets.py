@@ -74,3 +74,12 @@ def test_tiny_dataset_fills_a_batch_and_eval_indices_spread():
     assert batch["input_ids"].shape == (8, 2)
     assert eval_indices(101, 5) == [0, 25, 50, 75, 100]
     assert eval_indices(3, 10) == [0, 1, 2]
+
+
+def test_the_chat_template_lays_out_the_prompt_as_a_user_turn():
+    text = "<|im_start|>user\nab<|im_end|>\n<|im_start|>assistant\ncd"
+    tok = train_tokenizer("char", [text])
+    enc = encode_example(Example("ab", "cd"), tok, template="chat", max_length=64)
+    prompt = tok.encode("<|im_start|>user\nab<|im_end|>\n<|im_start|>assistant\n")
+    assert enc.input_ids == prompt + tok.encode("cd")
+    assert enc.labels == [IGNORE_INDEX] * (len(prompt) - 1) + tok.encode("cd") + [tok.eos_id]

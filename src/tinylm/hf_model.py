@@ -1,0 +1,167 @@
+"""Hugging Face causal LMs that tinylm cannot convert, run through transformers behind the GPT's interface.
+
+`tinylm.convert` maps Llama, Qwen2 and GPT-2 weights onto tinylm's GPT. Any other causal LM on disk (GPT-Neo,
+Mistral, Phi, a Llama with RoPE scaling, ...) is loaded with `AutoModelForCausalLM` and wrapped in
+`HFCausalLM`, which has what the rest of tinylm uses of a GPT: `forward(idx) -> logits`, `embeddings(idx)`
+and a `config` with `vocab_size`, `block_size` and `n_embd`. Generation, chat, embeddings, `fit` (freezing
+and LoRA go by module name) and `tinylm test` run it unchanged.
+
+Its checkpoint is the usual checkpoint directory (tinylm.json, tokenizer/, trainer_state.pt) whose weights
+are in the Hugging Face layout that `save_pretrained` writes (config.json, model.safetensors), so
+`AutoModelForCausalLM.from_pretrained(checkpoint_dir)` reads it as well; tinylm.json's model kind is "hf".
+
+What it does not do: it keeps no KV cache (the engine runs the whole window at every step, prompts of
+different lengths one row at a time), so tinylm's fast paths do not apply: CUDA graphs, continuous batching
+(`tinylm serve`), beam search, packed rows, the memory estimate; int8 (`tinylm.quantize`) turns its
+nn.Linear layers only. transformers is imported inside the functions that need it, since it is slow to import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor, nn
+
+from tinylm.errors import CheckpointError, TinylmError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
+log = logging.getLogger(__name__)
+KIND = "hf"  # tinylm.json's model kind for these checkpoints
+
+
+@dataclass(frozen=True)
+class HFModelConfig:
+    """What tinylm reads of a wrapped model's config (kept in tinylm.json; config.json is the source)."""
+
+    model_type: str
+    vocab_size: int
+    block_size: int  # the model's maximum number of positions
+    n_embd: int
+    kind: str = KIND
+
+    @classmethod
+    def of(cls, c: PretrainedConfig) -> HFModelConfig:
+        block = getattr(c, "max_position_embeddings", None)  # GPT-2 style n_positions maps onto it
+        if not block:
+            raise TinylmError(
+                f"model_type {c.model_type!r}: config.json gives no max_position_embeddings; tinylm needs "
+                "the context length of the model"
+            )
+        return cls(c.model_type, c.vocab_size, int(block), c.hidden_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class HFCausalLM(nn.Module):
+    """An `AutoModelForCausalLM` (`.hf`) behind the forward/embeddings signature of tinylm's GPT."""
+
+    def __init__(self, hf: PreTrainedModel):
+        super().__init__()
+        self.hf = hf
+        self.config = HFModelConfig.of(hf.config)
+        self._takes_positions = "position_ids" in inspect.signature(hf.forward).parameters
+
+    def forward(
+        self,
+        idx: Tensor,
+        *,
+        segment_ids: Tensor | None = None,
+        positions: Tensor | None = None,
+        key_mask: Tensor | None = None,
+        input_pos: Tensor | None = None,
+        cache: Any = None,
+    ) -> Tensor:
+        """idx (B, T) -> logits (B, T, vocab_size). Left-padded rows pass `key_mask` (B, T), True on real
+        tokens, and `positions` (B, T), each token's position in its own row (-1 on padding)."""
+        return self.hf(**self._inputs(idx, segment_ids, positions, key_mask, input_pos, cache)).logits
+
+    def embeddings(self, idx: Tensor, *, segment_ids: Tensor | None = None) -> Tensor:
+        """idx (B, T) -> the last hidden state (B, T, n_embd), after the model's final norm."""
+        inputs = self._inputs(idx, segment_ids, None, None, None, None)
+        return self.hf.base_model(**inputs).last_hidden_state
+
+    def _inputs(
+        self,
+        idx: Tensor,
+        segment_ids: Tensor | None,
+        positions: Tensor | None,
+        key_mask: Tensor | None,
+        input_pos: Tensor | None,
+        cache: Any,
+    ) -> dict[str, Any]:
+        """The transformers keyword arguments for a tinylm call; ValueError for what has no equivalent."""
+        name = self.config.model_type
+        if cache is not None or input_pos is not None:
+            raise ValueError(
+                f"{name} runs through transformers without tinylm's KV cache; pass the whole window"
+            )
+        if segment_ids is not None:
+            raise ValueError(
+                f"{name} runs through transformers, which cannot keep packed rows apart (segment_ids)"
+            )
+        inputs: dict[str, Any] = {"input_ids": idx, "use_cache": False}
+        if key_mask is not None:
+            assert key_mask.shape == idx.shape, f"key_mask {tuple(key_mask.shape)} != idx {tuple(idx.shape)}"
+            inputs["attention_mask"] = key_mask.long()
+        if positions is not None and self._takes_positions:  # others (ALiBi) place tokens by the mask
+            inputs["position_ids"] = positions.clamp(min=0)
+        return inputs
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> HFCausalLM:
+        """The model of an HF model directory or an "hf" checkpoint: float32 (as conversion gives), eval mode.
+        Logs one line saying it runs through transformers."""
+        from transformers import AutoModelForCausalLM
+
+        try:
+            with _no_progress_bars():
+                hf = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: could not load the transformers model: {e}") from e
+        model = cls(hf.float()).eval()
+        log.warning(
+            f"tinylm: {model.config.model_type} runs through transformers' AutoModelForCausalLM, not tinylm's "
+            "GPT: no KV cache, CUDA graphs, continuous batching or beam search"
+        )
+        return model
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the weights in the Hugging Face layout: config.json, generation_config.json, model.safetensors."""
+        with _no_progress_bars():
+            self.hf.save_pretrained(str(directory))
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' "Loading weights" / "Writing model shards" bars, off: on every command they are noise."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def check_causal_lm(hf_config: PretrainedConfig, source: str | Path) -> None:
+    """TinylmError unless transformers has an `AutoModelForCausalLM` class for this config."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if type(hf_config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise TinylmError(
+            f"{source}: model_type {hf_config.model_type!r} is not a causal language model (transformers has "
+            "no AutoModelForCausalLM for it); tinylm generates with decoder-only models: Llama, Qwen2 and "
+            "GPT-2 converted to its GPT, others (GPT-Neo, Mistral, Phi, ...) run through transformers"
+        )

@@ -1,7 +1,8 @@
 """Quantized inference: SmolLM2-135M-Instruct in float32, bfloat16 and weight-only int8, side by side.
 
 Speed and memory: batch 1, a 16-token prompt, 256 new tokens greedy with no early stop (as bench/decode.py),
-the best of `--repeats` runs for each dtype, and the bytes of the weights; ratios against float32.
+the best of `--repeats` timed runs for each dtype (each after an untimed one), and the bytes of the
+weights; ratios against float32.
 Quality: perplexity on the Shakespeare validation split (the last 10% of the text, as the
 examples/shakespeare configs hold out) over `--windows` windows of `--window` tokens spread evenly over
 it, float32 against int8; issue #6 asks for a relative change under 2%.

@@ -17,37 +17,22 @@ def _val_losses(run_dir):
     return [v for _, name, v in read_metrics(run_dir / "metrics.csv") if name == "val_loss"]
 
 
+@pytest.mark.slow
 @needs_corpus
-def test_short_shakespeare_run_learns_and_samples(tmp_path):
+def test_cpu_recipe_reaches_val_1_89(tmp_path):
+    """examples/shakespeare/cpu.yaml as shipped: the issue's bar (nanoGPT: val 1.886 in 141 s here),
+    and the best checkpoint samples words."""
     out = tmp_path / "shk"
-    result = run_cli(
-        "train",
-        "examples/shakespeare/cpu.yaml",
-        "--set",
-        f"data.path={SHAKESPEARE}",
-        f"out_dir={out}",
-        "train.max_steps=300",
-        "train.val_check_interval=150",
-        "train.warmup=30",
-    )
+    result = run_cli("train", "examples/shakespeare/cpu.yaml", "--set", f"out_dir={out}", timeout=900)
     assert result.returncode == 0, result.stderr
     losses = _val_losses(out)
-    assert len(losses) == 2 and losses[-1] < 2.45 < 4.17  # ln(67): where an untrained model starts
+    assert losses[0] < 4.17  # ln(67): where an untrained model starts
+    assert min(losses) <= 1.89
     lm = load(out / "checkpoints" / "best")
     assert lm.tokenizer.vocab_size == 67
     sample = lm.generate("ROMEO:", raw=True, max_new_tokens=200, temperature=0.8, top_k=50, seed=0)
     assert len(sample) == 200
-    assert len(re.findall(r"\b(the|and|to|I|you|my|of)\b", sample)) >= 3  # words, not noise
-
-
-@pytest.mark.slow
-@needs_corpus
-def test_cpu_recipe_reaches_val_1_89(tmp_path):
-    """examples/shakespeare/cpu.yaml as shipped: the issue's bar (nanoGPT: val 1.886 in 141 s here)."""
-    out = tmp_path / "shk"
-    result = run_cli("train", "examples/shakespeare/cpu.yaml", "--set", f"out_dir={out}", timeout=900)
-    assert result.returncode == 0, result.stderr
-    assert min(_val_losses(out)) <= 1.89
+    assert len(re.findall(r"\b(the|and|to|I|you|my|of)\b", sample)) >= 5  # words, not noise
 
 
 def test_gru_baseline_trains_and_generates(tmp_path, qa_file):

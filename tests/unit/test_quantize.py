@@ -148,6 +148,9 @@ def test_load_and_cli_generate_with_int8(tmp_path, capsys):
     lm = load(path, quantize="int8")
     assert isinstance(lm.model.h[0].attn.qkv, Int8Linear) and lm.device.type == "cpu"
     text = lm.generate("abc", max_new_tokens=6)
+    assert "".join(lm.stream("abc", max_new_tokens=6)) == text
+    assert isinstance(lm.generate("abc", max_new_tokens=6, num_beams=2), str)  # beam search reads wte.weight
+    assert lm.embed(["abc", "de"]).shape == (2, 16)
     assert main(["generate", str(path), "abc", "--max-new-tokens", "6", "--quantize", "int8"]) == 0
     assert capsys.readouterr().out == text + "\n"
 

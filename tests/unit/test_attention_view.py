@@ -2,12 +2,12 @@
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 from tinylm.attention_view import attention_weights, head_view_html, head_weights, heatmaps_png
 from tinylm.errors import TinylmError
 from tinylm.model import GPTConfig, build_model
@@ -98,18 +98,6 @@ def test_html_is_self_contained_and_escapes_tokens():
     assert torch.allclose(torch.tensor(data["weights"], dtype=torch.float64), weights.double(), atol=5e-5)
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
 def test_hovering_a_token_shows_its_row_of_weights_in_chromium(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -118,7 +106,7 @@ def test_hovering_a_token_shows_its_row_of_weights_in_chromium(tmp_path):
     page_file = tmp_path / "view.html"
     page_file.write_text(head_view_html(weights, [f"tok{i}" for i in range(9)], layer=0), encoding="utf-8")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 640, "height": 420})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))

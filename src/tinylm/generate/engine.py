@@ -141,6 +141,7 @@ def _decode(
         """Record k tokens (B, k) chosen on the device from token t on, as k calls of `step` would."""
         nonlocal running
         k = ids.size(1)
+        logprobs = logprobs.clone()  # the graph's output buffer: the next replay overwrites it
         history[:, width + t : width + t + k] = ids
         hit = torch.isin(ids, stops)  # (B, k)
         ran = running[:, None] & (hit.cumsum(dim=1) - hit.long() == 0)  # (B, k) running before each step

@@ -12,6 +12,10 @@ requests of similar lengths share one graph.
 Plain greedy decoding (no penalties) goes further: `greedy_chunk(k)` is a second graph of k whole steps,
 each choosing its token by argmax and feeding it to the next, so k tokens cost one replay and no Python
 work per token at all.
+
+On the CPU there are no graphs, but the compiled step still removes most of the small eager operations
+(SmolLM2-135M int8: ~2,700 per token); compiling takes seconds to a minute on 2 cores, so there it is
+opt-in: TINYLM_COMPILE_DECODE=1.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ MAX_GRAPHS = 8  # per model; the least recently built is dropped past this
 
 
 def enabled(model: torch.nn.Module) -> bool:
-    """Use the fast path for a GPT on a CUDA device, unless TINYLM_CUDA_GRAPHS=0 turns it off."""
-    if os.environ.get("TINYLM_CUDA_GRAPHS", "1") == "0" or not isinstance(model, GPT):
+    """Use the fast path for a GPT on a CUDA device (unless TINYLM_CUDA_GRAPHS=0), or on the CPU when
+    TINYLM_COMPILE_DECODE=1 asks for it."""
+    if not isinstance(model, GPT):
         return False
-    return next(model.parameters()).device.type == "cuda"
+    if next(model.parameters()).device.type == "cuda":
+        return os.environ.get("TINYLM_CUDA_GRAPHS", "1") != "0"
+    return os.environ.get("TINYLM_COMPILE_DECODE", "0") == "1"
 
 
 def bucket(length: int, block_size: int) -> int:
@@ -43,11 +50,11 @@ def bucket(length: int, block_size: int) -> int:
 
 @dataclass
 class DecodeStep:
-    """Static buffers, a cache and the captured graph for one (batch, cache length) shape.
+    """Static buffers, a cache and the compiled step (on CUDA also its graph) for one (batch, cache length).
 
     Fill `token` (B, 1), `slot` (1,), `positions` (B, 1) and `key_mask` (B, S) with `copy_`, call
-    `replay()`, read `logits` (B, V). `cache` is the KV cache the step reads and writes: prefill into it
-    with the eager model first.
+    `replay()`, read the logits (B, V) it returns. `cache` is the KV cache the step reads and writes:
+    prefill into it with the eager model first.
     """
 
     cache: KVCache
@@ -55,12 +62,14 @@ class DecodeStep:
     slot: Tensor
     positions: Tensor
     key_mask: Tensor
-    logits: Tensor
-    graph: torch.cuda.CUDAGraph
     compiled: Callable[..., Tensor]
+    graph: torch.cuda.CUDAGraph | None = None  # None on the CPU: the compiled step runs directly
+    logits: Tensor | None = None  # the graph's output buffer
     chunks: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = field(default_factory=dict)
 
     def replay(self) -> Tensor:
+        if self.graph is None:
+            return self.compiled(self.token, self.slot, self.positions, self.key_mask)
         self.graph.replay()
         return self.logits
 
@@ -68,38 +77,45 @@ class DecodeStep:
         """Run k greedy steps from the current buffers: ids (B, k) and their logprobs (B, k).
 
         Step i writes its keys/values at slot + i and feeds its argmax to step i + 1; the buffers are left
-        advanced by k. The graph for k is captured on first use.
+        advanced by k. On CUDA the k steps are one graph, captured on first use.
         """
+        if self.graph is None:
+            return self._steps(k)
         if k not in self.chunks:
             self.chunks[k] = self._capture_chunk(k)
         graph, ids, logprobs = self.chunks[k]
         graph.replay()
         return ids, logprobs
 
-    @torch.inference_mode(False)
-    @torch.no_grad()
-    def _capture_chunk(self, k: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor]:
+    def _steps(self, k: int) -> tuple[Tensor, Tensor]:
         B = self.token.size(0)
         ids = torch.zeros(B, k, dtype=torch.long, device=self.token.device)
         logprobs = torch.zeros(B, k, dtype=torch.float32, device=self.token.device)
+        for i in range(k):
+            logits = self.compiled(self.token, self.slot, self.positions, self.key_mask).float()
+            nxt = logits.argmax(dim=-1)  # (B,)
+            ids[:, i] = nxt
+            logprobs[:, i] = logits.log_softmax(dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
+            self.token.copy_(nxt[:, None])
+            self.slot.add_(1)
+            self.positions.add_(1)
+        return ids, logprobs
+
+    @torch.inference_mode(False)
+    @torch.no_grad()
+    def _capture_chunk(self, k: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor]:
         saved = [t.clone() for t in (self.token, self.slot, self.positions)]
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            for i in range(k):
-                logits = self.compiled(self.token, self.slot, self.positions, self.key_mask).float()
-                nxt = logits.argmax(dim=-1)  # (B,)
-                ids[:, i] = nxt
-                logprobs[:, i] = logits.log_softmax(dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
-                self.token.copy_(nxt[:, None])
-                self.slot.add_(1)
-                self.positions.add_(1)
+            ids, logprobs = self._steps(k)
         for t, value in zip((self.token, self.slot, self.positions), saved):
             t.copy_(value)  # capturing ran nothing, but keep the buffers as they were all the same
         return graph, ids, logprobs
 
 
 def decode_step(model: GPT, batch_size: int, max_len: int) -> DecodeStep:
-    """The step for this shape: built (compiled and captured: seconds to a minute) on first use, then cached."""
+    """The step for this shape: built (compiled, and on CUDA captured: seconds to a minute) on first use,
+    then cached on the model."""
     dtype = model.wte.weight.dtype
     steps: dict = model.__dict__.setdefault("_decode_steps", {})
     key = (batch_size, max_len, dtype, model.training)
@@ -128,6 +144,9 @@ def _build(model: GPT, B: int, S: int) -> DecodeStep:
 
     compiled = torch.compile(step, fullgraph=True, dynamic=False)
     args = (token, slot, positions, key_mask)
+    if device.type != "cuda":
+        compiled(*args)  # compile now (the warm-up writes slot 0, which the prefill overwrites)
+        return DecodeStep(cache, token, slot, positions, key_mask, compiled)
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):  # compile and warm up outside the capture
@@ -137,4 +156,4 @@ def _build(model: GPT, B: int, S: int) -> DecodeStep:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         logits = compiled(*args)
-    return DecodeStep(cache, token, slot, positions, key_mask, logits, graph, compiled)
+    return DecodeStep(cache, token, slot, positions, key_mask, compiled, graph, logits)

@@ -67,6 +67,23 @@ def test_bucketed_cache_lengths():
     assert graphs.bucket(257, 2048) == 512 and graphs.bucket(300, 300) == 300
 
 
+def test_compiled_cpu_decode_step_equals_eager(monkeypatch):
+    model = _model(norm="rmsnorm", mlp="swiglu")
+    stop = _run(model, new=24)[1][0][9]
+    eager = [
+        _run(model, p, stop_ids=[stop], new=24) for p in (GREEDY, SamplingParams(repetition_penalty=1.2))
+    ]
+    monkeypatch.setenv("TINYLM_COMPILE_DECODE", "1")  # opt-in on the CPU
+    assert graphs.enabled(model)
+    for params, expected in zip((GREEDY, SamplingParams(repetition_penalty=1.2)), eager):
+        got = _run(model, params, stop_ids=[stop], new=24)
+        assert [g[0] for g in got] == [e[0] for e in expected]
+        assert [g[2] for g in got] == [e[2] for e in expected]
+        flat = [lp for g in got for lp in g[1]]
+        assert flat == pytest.approx([lp for e in expected for lp in e[1]], abs=1e-3)
+    assert len(model.__dict__["_decode_steps"]) == 1  # one shape, compiled once
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

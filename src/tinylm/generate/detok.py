@@ -39,10 +39,7 @@ class TextStream:
     def finish(self) -> str:
         """The rest of the text, once generation has ended."""
         if not self.stopped and self.read < len(self.ids):
-            tail = self.tokenizer.decode(self.ids[self.prefix :], skip_special=True)
-            seen = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special=True)
-            self.decoded += tail[len(seen) :]
-            self.read = len(self.ids)
+            self._advance(final=True)
         return self._release(self.text())
 
     def text(self) -> str:
@@ -55,11 +52,12 @@ class TextStream:
             return self.decoded[:cut]
         return self.decoded
 
-    def _advance(self) -> bool:
-        """Decode the new tokens into `decoded`; False while they end inside a multi-byte character."""
+    def _advance(self, final: bool = False) -> bool:
+        """Decode the new tokens into `decoded`; False while they end inside a multi-byte character
+        (unless `final`: generation is over and what is there is the text)."""
         seen = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special=True)
         window = self.tokenizer.decode(self.ids[self.prefix :], skip_special=True)
-        if window.endswith("\ufffd"):
+        if window.endswith("\ufffd") and not final:
             return False
         self.decoded += window[len(seen) :]
         self.prefix, self.read = self.read, len(self.ids)

@@ -167,10 +167,11 @@ def _decode(
         if fast:
             decoder = graphs.decode_step(model, B, graphs.bucket(total, block_size))
             cache, slots = decoder.cache, torch.arange(decoder.cache.max_len, device=device)
-            decoder.key_mask.copy_(slots[None] >= pad[:, None])
         else:
             cache, slots = model.new_cache(B, total, device=device), torch.arange(total, device=device)
         key_mask = slots[None] >= pad[:, None]  # (B, S): real tokens, later slots filled as we go
+        if fast:
+            decoder.key_mask.copy_(key_mask)
         positions = torch.arange(width, device=device)[None] - pad[:, None]  # (B, T) each row's own positions
         prompt_ids = history[:, :width].clamp(min=0)
         logits = model(

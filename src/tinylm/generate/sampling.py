@@ -167,8 +167,9 @@ def choose(
     tiny vocabulary, say) falls back to its unprocessed logits. Arguments as for `process_logits`.
     """
     processed = process_logits(logits, history, generated, params)
-    banned_all = processed.isneginf().all(dim=-1, keepdim=True)  # (B, 1): every token filtered or banned
-    logits = torch.where(banned_all, logits, processed)  # then the raw distribution, never NaN
+    if processed is not logits:  # something was filtered or banned: never leave a row with nothing
+        banned_all = processed.isneginf().all(dim=-1, keepdim=True)  # (B, 1)
+        logits = torch.where(banned_all, logits, processed)  # then the raw distribution, never NaN
     if params.temperature > 0.0:
         ids = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
     else:

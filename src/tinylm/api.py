@@ -104,12 +104,12 @@ class LM:
         self, prompts: list[Prompt], *, chat: bool = False, raw: bool = False, **options
     ) -> list[Completion]:
         """Generate for a batch of prompts (left-padded, each stopping on its own); full accounting."""
-        opts, params = self._options(options)
-        laid_out = [self._layout(p, chat=chat, raw=raw) for p in prompts]
+        opts, params = self.resolve_options(options)
+        laid_out = [self.render_prompt(p, chat=chat, raw=raw) for p in prompts]
         ids = [
-            self._encode(text)[-(opts.max_prompt_tokens or self.config.block_size) :] for text, _ in laid_out
+            self.encode(text)[-(opts.max_prompt_tokens or self.config.block_size) :] for text, _ in laid_out
         ]
-        stop_ids = self._stop_ids(opts)
+        stop_ids = self.stop_token_ids(opts)
         if opts.num_beams > 1:
             rows = [self._beam(i, opts, stop_ids) for i in ids]
         else:
@@ -141,13 +141,13 @@ class LM:
         """Text pieces of the reply as they are generated; they concatenate to exactly `generate`'s text."""
         from tinylm.generate.engine import generate_ids
 
-        opts, params = self._options(options)
-        text, extra = self._layout(prompt, chat=chat, raw=raw)
+        opts, params = self.resolve_options(options)
+        text, extra = self.render_prompt(prompt, chat=chat, raw=raw)
         stream = TextStream(self.tokenizer, [*opts.stop, *extra])
-        stop_ids = self._stop_ids(opts)
+        stop_ids = self.stop_token_ids(opts)
         for token in generate_ids(
             self.model,
-            self._encode(text),
+            self.encode(text),
             max_new_tokens=opts.max_new_tokens,
             block_size=self.config.block_size,
             params=params,
@@ -169,7 +169,7 @@ class LM:
     @torch.no_grad()
     def token_embeddings(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Per-token hidden states (B, T, n_embd) of right-padded `texts`, and the mask (B, T) of real tokens."""
-        encoded = [self._encode(t)[-self.config.block_size :] for t in texts]
+        encoded = [self.encode(t)[-self.config.block_size :] for t in texts]
         width = max(len(e) for e in encoded)
         ids = torch.full((len(encoded), width), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros((len(encoded), width), dtype=torch.bool)
@@ -189,8 +189,10 @@ class LM:
         m = mask.unsqueeze(-1).float()
         return (hidden * m).sum(1) / m.sum(1)
 
-    # -- helpers ------------------------------------------------------------------------------------
-    def _options(self, given: dict[str, Any]) -> tuple[GenerationOptions, SamplingParams]:
+    # -- the steps of a request, public for the chat session and the server -------------------------
+    def resolve_options(self, given: dict[str, Any]) -> tuple[GenerationOptions, SamplingParams]:
+        """This model's generation defaults overridden by `given` (None values ignored), validated; and the
+        sampling parameters they make. Unknown option names raise TypeError listing the known ones."""
         known = {f.name for f in fields(GenerationOptions)}
         unknown = sorted(set(given) - known)
         if unknown:
@@ -200,8 +202,9 @@ class LM:
         opts = GenerationOptions(**merged)
         return opts, opts.sampling()
 
-    def _layout(self, prompt: Prompt, *, chat: bool, raw: bool) -> tuple[str, list[str]]:
-        """(prompt text, extra stop strings from a chat template)."""
+    def render_prompt(self, prompt: Prompt, *, chat: bool, raw: bool) -> tuple[str, list[str]]:
+        """(prompt text, extra stop strings from a chat template): chat messages or chat=True through the
+        chat template, raw=True as given, else through the checkpoint's prompt template."""
         if _is_messages(prompt):
             return render_chat(prompt, self.tokenizer, self.chat_template)
         if chat:
@@ -212,13 +215,15 @@ class LM:
             return render_chat([{"role": "user", "content": prompt}], self.tokenizer, self.chat_template)
         return self.prompt_template.format(prompt=prompt), []
 
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt text, never empty (an empty text is the BOS, or else the EOS token)."""
         ids = self.tokenizer.encode(text)
         if self.tokenizer.bos_id is not None and getattr(self.tokenizer, "kind", "") == "hf" and not ids:
             ids = [self.tokenizer.bos_id]
         return ids or [self.tokenizer.eos_id]
 
-    def _stop_ids(self, opts: GenerationOptions) -> list[int]:
+    def stop_token_ids(self, opts: GenerationOptions) -> list[int]:
+        """The end-of-sequence id and the request's stop_token_ids, sorted."""
         return sorted({self.tokenizer.eos_id, *(opts.stop_token_ids or [])})
 
     def _generator(self, seed: int | None) -> torch.Generator | None:

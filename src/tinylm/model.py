@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tinylm import cpu_kernels
+
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA's enable_gqa
 
 KINDS = ("gpt", "gru")
@@ -195,6 +197,19 @@ def split_segments(segment_ids: Tensor) -> tuple[Tensor, Tensor]:
 # Layers
 
 
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state_dict), except when decoding on the CPU: one or two float32
+    rows without autograd run tinylm's bandwidth-bound kernel (`tinylm.cpu_kernels`), about 3x F.linear
+    there. Training, prefill, GPUs and other dtypes take F.linear."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled() and self.weight.dtype == torch.float32 and cpu_kernels.decoding(x):
+            y = cpu_kernels.f32_linear(x.reshape(-1, self.in_features), self.weight)
+            y = y.view(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, self.weight, self.bias)
+
+
 class RMSNorm(nn.Module):
     """x * rsqrt(mean(x^2) + eps) * weight, computed in float32 and cast back (like HF LlamaRMSNorm)."""
 
@@ -204,6 +219,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and not torch.compiler.is_compiling():  # eager: one fused kernel
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -224,8 +241,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.kv_heads, config.head_size
         qkv_size = (self.n_head + 2 * self.n_kv_head) * self.head_size
         qkv_bias = config.bias if config.qkv_bias is None else config.qkv_bias
-        self.qkv = nn.Linear(config.n_embd, qkv_size, bias=qkv_bias)
-        self.proj = nn.Linear(self.n_head * self.head_size, config.n_embd, bias=config.bias)
+        self.qkv = Linear(config.n_embd, qkv_size, bias=qkv_bias)
+        self.proj = Linear(self.n_head * self.head_size, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_drop = nn.Dropout(config.dropout)
 
@@ -245,12 +262,12 @@ class CausalSelfAttention(nn.Module):
         """
         B, T, _ = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_size
-        q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        qk, v = self.qkv(x).split([(nh + nkv) * hs, nkv * hs], dim=-1)
+        qk = qk.view(B, T, nh + nkv, hs).transpose(1, 2)  # (B, nh + nkv, T, hs): q heads, then k heads
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            qk = apply_rope(qk, *rope)  # q and k rotate alike: one pass
+        q, k = qk.split([nh, nkv], dim=1)  # (B, nh, T, hs), (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         if kv is not None:
             cache_k, cache_v = kv
             cache_k.index_copy_(2, input_pos, k.to(cache_k.dtype))
@@ -275,7 +292,8 @@ class CausalSelfAttention(nn.Module):
             **gqa,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, nh*hs)
-        return self.resid_drop(self.proj(y))
+        y = self.proj(y)
+        return self.resid_drop(y) if self.dropout else y
 
 
 class MLP(nn.Module):
@@ -283,11 +301,11 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.fc = nn.Linear(config.n_embd, config.mlp_size, bias=config.bias)
+        self.fc = Linear(config.n_embd, config.mlp_size, bias=config.bias)
         self.act = {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"), "relu": nn.ReLU()}[
             config.mlp
         ]
-        self.proj = nn.Linear(config.mlp_size, config.n_embd, bias=config.bias)
+        self.proj = Linear(config.mlp_size, config.n_embd, bias=config.bias)
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -299,13 +317,14 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.gate = nn.Linear(config.n_embd, config.mlp_size, bias=config.bias)
-        self.up = nn.Linear(config.n_embd, config.mlp_size, bias=config.bias)
-        self.down = nn.Linear(config.mlp_size, config.n_embd, bias=config.bias)
+        self.gate = Linear(config.n_embd, config.mlp_size, bias=config.bias)
+        self.up = Linear(config.n_embd, config.mlp_size, bias=config.bias)
+        self.down = Linear(config.mlp_size, config.n_embd, bias=config.bias)
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.down(F.silu(self.gate(x)) * self.up(x)))
+        y = self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.drop(y) if self.drop.p else y
 
 
 class Block(nn.Module):
@@ -388,7 +407,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config) if config.prenorm else nn.Identity()
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self._init_weights()
@@ -542,7 +561,7 @@ class GRULM(nn.Module):
             dropout=config.dropout if config.n_layer > 1 else 0.0,
         )
         self.ln_f = make_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight

@@ -114,7 +114,7 @@ def test_a_model_trained_on_the_chat_layout_is_prompted_with_it(tmp_path):
     lm = _lm(tmp_path)
     lm.prompt_template = "chat"  # what a run with data.prompt_template: chat saves in tinylm.json
     text = "<|im_start|>user\nabc<|im_end|>\n<|im_start|>assistant\n"
-    assert lm._layout("abc", chat=False, raw=False) == (text, ["<|im_end|>"])
+    assert lm.render_prompt("abc", chat=False, raw=False) == (text, ["<|im_end|>"])
     ids = lm.tokenizer.encode(text)[-32:]  # the engine keeps the last block_size tokens
     reply = lm.complete(["abc"], max_new_tokens=1, stop=[])[0]
     assert reply.tokens == [int(lm.model(torch.tensor([ids]))[0, -1].argmax())]

@@ -63,8 +63,8 @@ def lm_counter(lm: LM) -> Counter:
     """
 
     def count(messages: Messages) -> int:
-        text, _stops = lm._layout(messages, chat=True, raw=False)
-        return len(lm._encode(text))
+        text, _stops = lm.render_prompt(messages, chat=True, raw=False)
+        return len(lm.encode(text))
 
     return count
 

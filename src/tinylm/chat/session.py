@@ -58,7 +58,7 @@ class Chat:
         self.strategy = check_strategy(strategy)
         self.retrieve = retrieve
         self.options = {k: v for k, v in options.items() if v is not None}
-        opts, _ = lm._options(self.options)  # validates every option now, not at the first message
+        opts, _ = lm.resolve_options(self.options)  # validates every option now, not at the first message
         self.budget = prompt_budget(lm.config.block_size, opts.max_new_tokens)
         self.count = lm_counter(lm)
         self.store = store

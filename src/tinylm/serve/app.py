@@ -39,6 +39,7 @@ Retriever = Callable[
     [str], str
 ]  # question -> retrieved context (numbered sources), as `tinylm.rag.retriever`
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
 
 
 @dataclass
@@ -83,10 +84,10 @@ class Server:
     ) -> Plan:
         """Check every prompt against the context window and make its `n` jobs (seed + j for choice j)."""
         try:
-            opts, params = self.lm._options(body.sampling_options())
+            opts, params = self.lm.resolve_options(body.sampling_options())
         except TinylmError as e:
             raise APIError(400, str(e)) from None
-        stop_ids = self.lm._stop_ids(opts)
+        stop_ids = self.lm.stop_token_ids(opts)
         window = self.batcher.max_len
         requests, replies = [], []
         for ids in prompts:
@@ -119,11 +120,26 @@ class Server:
     def updates(self, plan: Plan) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Update]]:
         return contextlib.aclosing(run_replies(self.batcher, plan.requests, plan.replies))
 
-    async def finish(self, plan: Plan) -> None:
-        """Run a plan to its end (non-streaming)."""
-        async with self.updates(plan) as updates:
-            async for _ in updates:
-                pass
+    async def finish(self, plan: Plan, http: HTTPRequest) -> None:
+        """Run a plan to its end (non-streaming). A client that hangs up first cancels its jobs, as a
+        streaming one does: the server checks every DISCONNECT_POLL seconds while the jobs run."""
+
+        async def drain() -> None:
+            async with self.updates(plan) as updates:
+                async for _ in updates:
+                    pass
+
+        task = asyncio.ensure_future(drain())
+        try:
+            while not (await asyncio.wait({task}, timeout=DISCONNECT_POLL))[0]:
+                if await http.is_disconnected():
+                    task.cancel()  # closing the updates cancels every job of the plan
+                    break
+        finally:
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # -- prompts ------------------------------------------------------------------------------------
     def completion_prompts(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
@@ -135,7 +151,7 @@ class Server:
             prompt = [prompt]  # one prompt given as token ids
         out = []
         for p in prompt:
-            ids = self.lm._encode(p) if isinstance(p, str) else list(p)
+            ids = self.lm.encode(p) if isinstance(p, str) else list(p)
             bad = [i for i in ids if not 0 <= i < self.lm.tokenizer.vocab_size]
             if not ids:
                 raise APIError(
@@ -160,10 +176,10 @@ class Server:
             context = await asyncio.to_thread(self.retriever, question)
             messages[users[-1]] = {"role": "user", "content": with_context(question, context)}
         try:
-            text, stops = self.lm._layout(messages, chat=True, raw=False)
+            text, stops = self.lm.render_prompt(messages, chat=True, raw=False)
         except TinylmError as e:
             raise APIError(400, str(e), param="messages") from None
-        return self.lm._encode(text), stops
+        return self.lm.encode(text), stops
 
 
 def create_app(
@@ -210,7 +226,7 @@ def create_app(
         return _model_card(server)
 
     @v1.post("/completions", response_model=None)
-    async def completions(body: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+    async def completions(body: CompletionRequest, http: HTTPRequest) -> dict[str, Any] | StreamingResponse:
         server.check_model(body.model)
         body.unsupported()
         plan = server.plan(
@@ -226,7 +242,7 @@ def create_app(
             return StreamingResponse(
                 _completion_events(server, plan, body), media_type="text/event-stream", headers=SSE_HEADERS
             )
-        await server.finish(plan)
+        await server.finish(plan, http)
         choices = [
             {
                 "index": r.index,
@@ -246,7 +262,7 @@ def create_app(
         }
 
     @v1.post("/chat/completions", response_model=None)
-    async def chat_completions(body: ChatRequest) -> dict[str, Any] | StreamingResponse:
+    async def chat_completions(body: ChatRequest, http: HTTPRequest) -> dict[str, Any] | StreamingResponse:
         server.check_model(body.model)
         body.unsupported()
         ids, stops = await server.chat_prompt(body)
@@ -263,7 +279,7 @@ def create_app(
             return StreamingResponse(
                 _chat_events(server, plan, body), media_type="text/event-stream", headers=SSE_HEADERS
             )
-        await server.finish(plan)
+        await server.finish(plan, http)
         choices = [
             {
                 "index": r.index,
@@ -293,7 +309,7 @@ def create_app(
             raise APIError(400, f"dimensions: this model's embeddings have {dim}", param="dimensions")
         embed = functools.partial(lm.embed, texts, pooling=body.pooling)
         vectors = await asyncio.wrap_future(server.batcher.call(embed))  # (B, n_embd)
-        tokens = sum(min(len(lm._encode(t)), lm.config.block_size) for t in texts)
+        tokens = sum(min(len(lm.encode(t)), lm.config.block_size) for t in texts)
         return {
             "object": "list",
             "data": [

@@ -80,7 +80,7 @@ def test_chat_equals_the_python_api(client, lm):
     assert done.object == "chat.completion"
     assert done.choices[0].message.role == "assistant"
     assert done.choices[0].message.content == lm.generate(MESSAGES, max_new_tokens=10)
-    prompt, _ = lm._layout(MESSAGES, chat=True, raw=False)
+    prompt, _ = lm.render_prompt(MESSAGES, chat=True, raw=False)
     assert done.usage.prompt_tokens == len(lm.tokenizer.encode(prompt))
     parts = [
         {"role": "developer", "content": "be brief"},
@@ -276,6 +276,16 @@ def test_a_client_that_disconnects_frees_its_slot(server):
     _wait(lambda: batcher.finished["cancelled"] == before + 1 and batcher.stats()["running"] == 0)
 
 
+def test_a_non_streaming_client_that_hangs_up_frees_its_slot(server):
+    url, _ = server
+    batcher = _batcher(server)
+    before = batcher.finished["cancelled"]
+    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 900}
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=1.0) as http:  # gives up after 1 s
+        http.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    _wait(lambda: batcher.finished["cancelled"] == before + 1 and batcher.stats()["running"] == 0)
+
+
 def test_32_concurrent_streaming_clients(server):
     url, _ = server
     batcher = _batcher(server)
@@ -332,6 +342,8 @@ def test_rag_puts_retrieved_context_into_the_question(checkpoint):
     assert asked == ["héllo there"]
     question = with_context("héllo there", retrieve("héllo there"))
     grounded = [MESSAGES[0], {"role": "user", "content": question}]
-    assert on.usage.prompt_tokens == len(lm.tokenizer.encode(lm._layout(grounded, chat=True, raw=False)[0]))
+    assert on.usage.prompt_tokens == len(
+        lm.tokenizer.encode(lm.render_prompt(grounded, chat=True, raw=False)[0])
+    )
     assert on.choices[0].message.content == lm.generate(grounded, max_new_tokens=4)
     assert off.choices[0].message.content == lm.generate(MESSAGES, max_new_tokens=4)

@@ -1,0 +1,155 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinylm import cpu_kernels
+from tinylm.generate.engine import generate_batch
+from tinylm.model import GPTConfig, Linear, build_model
+from tinylm.quantize import Int8Linear, Int8SwiGLU, quantize, quantize_rows
+
+needs_kernels = pytest.mark.skipif(
+    not cpu_kernels.ready(), reason="no C compiler to build tinylm's CPU kernels"
+)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Count the calls that reach each C kernel."""
+    calls = {"f32": 0, "int8": 0}
+    f32, int8 = cpu_kernels._f32_run, cpu_kernels._int8_run
+
+    def count_f32(*a):
+        calls["f32"] += 1
+        return f32(*a)
+
+    def count_int8(*a):
+        calls["int8"] += 1
+        return int8(*a)
+
+    monkeypatch.setattr(cpu_kernels, "_f32_run", count_f32)
+    monkeypatch.setattr(cpu_kernels, "_int8_run", count_int8)
+    return calls
+
+
+@needs_kernels
+@pytest.mark.parametrize("M", [1, 2])
+@pytest.mark.parametrize(("N", "K"), [(48, 64), (7, 33), (130, 576)])  # rows not a multiple of 4, odd K
+def test_f32_kernel_equals_f_linear(M, N, K):
+    g = torch.Generator().manual_seed(N + K)
+    x, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
+    got = cpu_kernels.f32_linear(x, w)
+    assert got.shape == (M, N) and got.dtype == torch.float32
+    torch.testing.assert_close(got, F.linear(x, w), rtol=1e-5, atol=1e-4)  # sums of 576 terms ~ 24
+
+
+@needs_kernels
+@pytest.mark.parametrize("M", [1, 2])
+@pytest.mark.parametrize(("N", "K"), [(48, 64), (7, 33), (130, 576)])
+@pytest.mark.parametrize("eps", [0.0, 1e-5])
+def test_int8_kernel_equals_the_dequantized_product(M, N, K, eps):
+    g = torch.Generator().manual_seed(N * K)
+    x, w = torch.randn(M, K, generator=g) * 3, torch.randn(N, K, generator=g)
+    q, s = quantize_rows(w, torch.float32)
+    got = cpu_kernels.int8_linear(x, q, s, eps)
+    xn = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) if eps else x  # the folded RMSNorm
+    torch.testing.assert_close(got, xn @ (q.float() * s[:, None]).T, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+def test_model_linear_takes_the_kernel_only_for_decoding(spy):
+    torch.manual_seed(0)
+    layer = Linear(32, 24)
+    one, many = torch.randn(1, 1, 32), torch.randn(1, 3, 32)
+    with torch.no_grad():
+        got = layer(one)
+        assert spy["f32"] == 1 and got.shape == (1, 1, 24)
+        torch.testing.assert_close(got, F.linear(one, layer.weight, layer.bias))  # the bias is added too
+        layer(many)  # prefill: 3 rows
+        layer.to(torch.bfloat16)(one.bfloat16())  # another dtype
+    layer.float()(one)  # autograd on: training
+    assert spy["f32"] == 1
+
+
+@needs_kernels
+def test_generation_with_and_without_the_kernels_is_the_same(monkeypatch, spy):
+    cfg = GPTConfig(vocab_size=64, block_size=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, pos="rope",
+                    norm="rmsnorm", mlp="swiglu", bias=False)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)  # peaked logits: greedy choices are not near-ties
+    prompts = [[1, 2, 3, 4], [5, 6]]
+    fast = generate_batch(model, prompts, max_new_tokens=20, block_size=48)
+    assert spy["f32"] > 0
+    monkeypatch.setattr(cpu_kernels, "ready", lambda: False)
+    slow = generate_batch(model, prompts, max_new_tokens=20, block_size=48)
+    assert [r.tokens for r in fast] == [r.tokens for r in slow]
+    for a, b in zip(fast, slow):
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+
+
+@needs_kernels
+def test_quantize_folds_rms_norms_into_the_next_products(spy):
+    cfg = GPTConfig(vocab_size=64, block_size=48, n_layer=2, n_head=2, n_embd=32, pos="rope", norm="rmsnorm",
+                    mlp="swiglu", bias=False, tie_embeddings=False)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for block in model.h:  # norms whose weights matter
+            block.ln_1.weight.uniform_(0.5, 2.0)
+            block.ln_2.weight.uniform_(0.5, 2.0)
+    quant = quantize(copy.deepcopy(model), "int8")
+    block = quant.h[0]
+    assert isinstance(block.ln_1, torch.nn.Identity) and isinstance(block.ln_2, torch.nn.Identity)
+    assert isinstance(block.mlp, Int8SwiGLU) and block.mlp.gate_up.norm_eps == cfg.norm_eps
+    assert isinstance(block.attn.qkv, Int8Linear) and block.attn.qkv.norm_eps == cfg.norm_eps
+    assert quant.lm_head.norm_eps == cfg.norm_eps  # an untied head takes the final norm too
+    x = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(x)[0, -1]
+        prefill = quant(x)[0, -1]  # 12 rows: PyTorch's int8 kernel, the norm in PyTorch
+        assert spy["int8"] == 0
+        cache = quant.new_cache(1, 12)
+        quant(x[:, :-1], input_pos=torch.arange(11), cache=cache)
+        decode = quant(x[:, -1:], input_pos=torch.tensor([11]), cache=cache)[0, -1]  # one row: the C kernel
+        assert spy["int8"] > 0
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    assert rel(prefill, want) < 0.02 and rel(decode, want) < 0.02 and rel(decode, prefill) < 0.01
+
+
+def test_without_a_compiler_pytorch_kernels_run(monkeypatch, tmp_path):
+    monkeypatch.setenv("TINYLM_HOME", str(tmp_path))  # nothing built here yet
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(cpu_kernels, "_lib", {})
+    with pytest.warns(UserWarning, match="CPU kernels not built .*no-such-cc"):
+        assert cpu_kernels.library() is None
+    assert not cpu_kernels.decoding(torch.zeros(1, 8))
+    with torch.no_grad():
+        layer = Linear(8, 4)
+        torch.testing.assert_close(
+            layer(torch.ones(1, 8)), F.linear(torch.ones(1, 8), layer.weight, layer.bias)
+        )
+
+
+def test_the_switch_turns_the_kernels_off(monkeypatch):
+    monkeypatch.setenv("TINYLM_CPU_KERNELS", "0")
+    monkeypatch.setattr(cpu_kernels, "_lib", {})
+    assert cpu_kernels.library() is None and not cpu_kernels.decoding(torch.zeros(1, 8))
+
+
+@needs_kernels
+def test_a_compiled_function_calls_the_kernels_as_custom_ops(spy):
+    torch.manual_seed(0)
+    w = torch.randn(24, 16)
+    q, s = quantize_rows(w, torch.float32)
+
+    def step(x):
+        return cpu_kernels.f32_linear(x, w) + cpu_kernels.int8_linear(x, q, s, 1e-5)
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    x = torch.randn(1, 16)
+    torch.testing.assert_close(compiled(x), step(x), rtol=1e-5, atol=1e-5)
+    assert spy["f32"] == 2 and spy["int8"] == 2  # one call each, compiled and eager

@@ -37,6 +37,12 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
+def ceiling(n: int, repeats: int) -> float:
+    """Seconds of a float32 sum over n values: reading n * 4 bytes at the machine's bandwidth."""
+    flat = torch.randn(n)
+    return best_of(lambda: flat.sum(), repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -51,16 +57,12 @@ def main() -> None:
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average "
         f"{os.getloadavg()[0]:.2f}; {len(SHAPES)} one-row products, {n_weights / 1e6:.1f}M weights"
     )
-    rows = []
-
-    flat = torch.randn(n_weights, generator=g)
-    rows.append(("float32 sum (bandwidth ceiling)", 4, best_of(lambda: flat.sum(), args.repeats)))
-    del flat
+    rows = [("float32 sum (bandwidth ceiling)", 4, ceiling(n_weights, args.repeats))]
     t_torch = best_of(lambda: [F.linear(x[w.size(1)], w) for w in weights], args.repeats)
     t_ours = best_of(lambda: [cpu_kernels.f32_linear(x[w.size(1)], w) for w in weights], args.repeats)
     rows += [("float32: F.linear", 4, t_torch), ("float32: tinylm f32_linear", 4, t_ours)]
     int8 = [quantize_rows(w, torch.bfloat16) for w in weights]
-    del weights
+    weights.clear()  # free the float32 copies before the int8 passes
     scales32 = [s.float() for _, s in int8]
     i_torch = best_of(
         lambda: [torch.ops.aten._weight_int8pack_mm(xb[q.size(1)], q, s) for q, s in int8], args.repeats

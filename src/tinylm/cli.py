@@ -296,15 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set",
         nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="override config keys, e.g. train.max_steps=10",
+        help="override config keys, e.g. train.max_steps=10 (repeatable)",
     )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("test", help="generate answers for a data split and report BLEU / ROUGE / exact match")
     p.add_argument("config", type=Path, help="a seed-style test_config.yaml")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser(
@@ -312,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", type=Path)
     p.add_argument("--examples", type=int, default=3)
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_inspect_data)
 
     p = sub.add_parser("generate", help="generate a reply with a checkpoint or a pretrained model")

@@ -80,6 +80,9 @@ class TrainConfig(Section):
     val_check_interval: int | float = 250
     """Validate every N optimizer steps (int), or N-th of an epoch (float <= 1)."""
     eval_batches: int = 20
+    stop_at_val_loss: float | None = None
+    """Stop at the first validation whose val loss is at or under this (time-to-target runs; the learning
+    rate schedule stays that of the whole run). None: run all steps."""
     log_every_n_steps: int = 50
     overfit_batches: int | float = 0
     num_sanity_val_steps: int = 2

@@ -151,6 +151,21 @@ def test_epochs_accumulation_overfit_sanity_and_bf16(tmp_path, qa_file):
     assert (tmp_path / "run" / "checkpoints" / "best").exists()
 
 
+def test_stop_at_val_loss_ends_the_run_at_the_first_validation_under_it(tmp_path, qa_file):
+    cfg = tiny_config(
+        tmp_path,
+        qa_file,
+        data={"val_fraction": 0.4},
+        train={"max_steps": 40, "val_check_interval": 5, "stop_at_val_loss": 1000.0},  # any loss is under
+    )
+    result = run_cli("train", str(write_config(tmp_path, cfg)))
+    assert result.returncode == 0, result.stderr
+    assert "step 5: val_loss reached stop_at_val_loss 1000.0" in result.stdout + result.stderr
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [s for s, n, _ in rows if n == "val_loss"] == [5] and max(s for s, _, _ in rows) == 5
+    assert (tmp_path / "run" / "checkpoints" / "last").exists()
+
+
 @pytest.mark.gpu
 def test_bf16_training_on_the_gpu(tmp_path, qa_file):
     cfg = tiny_config(

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, tiny_config, write_config
+from tinylm.cli import build_parser
 from tinylm.config import RunConfig, load_config, load_test_config
 from tinylm.errors import ConfigError
 
@@ -68,6 +69,12 @@ def test_overrides_apply_and_parse_yaml_values(tmp_path, qa_file):
         load_config(path, ["train.max_steps"])
     with pytest.raises(ConfigError, match=r"did you mean 'train\.max_steps'"):
         load_config(path, ["train.max_stepz=3"])
+
+
+def test_set_options_can_be_repeated():
+    for command in ("train", "test"):
+        args = build_parser().parse_args([command, "c.yaml", "--set", "a=1", "b=2", "--set", "c=3"])
+        assert args.set == ["a=1", "b=2", "c=3"]
 
 
 def test_monitoring_val_loss_without_validation_data_is_an_error(tmp_path, qa_file):

@@ -244,6 +244,7 @@ def fit(cfg: RunConfig) -> Path:
             loss_sum.zero_()
             window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
         paused = time.perf_counter()  # validation and saving are not training throughput
+        reached = False  # the val loss reached train.stop_at_val_loss: save and stop
         if val_set is None and (state.step % t.log_every_n_steps == 0 or is_last):
             checkpoint(state.latest.get(cfg.checkpoint.monitor), last=False)
         if val_set is not None and (state.step % val_every == 0 or is_last):
@@ -254,17 +255,22 @@ def fit(cfg: RunConfig) -> Path:
             loggers.log(metrics, state.step)
             progress.note(f"step {state.step}: val_loss {metrics['val_loss']:.4f}")
             checkpoint(state.latest.get(cfg.checkpoint.monitor), last=False)
+            reached = t.stop_at_val_loss is not None and metrics["val_loss"] <= t.stop_at_val_loss
         every = cfg.checkpoint.every_n_train_steps
-        if (every and state.step % every == 0) or (is_last and cfg.checkpoint.save_last):
+        if (every and state.step % every == 0) or ((is_last or reached) and cfg.checkpoint.save_last):
             checkpoint(None, last=True)
         window_t0 += time.perf_counter() - paused
         progress.update(state.step, state.latest)
+        if reached:
+            break
     progress.close()
     loggers.close()
     if fabric.is_global_zero:
         summary = ", ".join(
             f"{k} {v:.4f}" for k, v in state.latest.items() if k in ("train_loss", "val_loss")
         )
+        if state.step < total_steps:
+            console.print(f"step {state.step}: val_loss reached stop_at_val_loss {t.stop_at_val_loss}")
         console.print(f"done: step {state.step}, {summary}; checkpoints in {ckpt_root}")
     return run_dir
 

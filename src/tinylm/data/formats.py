@@ -87,7 +87,7 @@ def available_splits(path: str | Path) -> list[str]:
     if _suffix(path) != ".json":
         _check_file(path)
         return ["train"]
-    data = _read_json(path)
+    data = read_json(path)
     splits = _splits(data) if isinstance(data, dict) and "training_data" not in data else {}
     return list(splits) or ["train"]
 
@@ -104,7 +104,7 @@ def read_documents(path: str | Path) -> list[str]:
 
 
 def _document(path: Path) -> str:
-    text = _read_text(path)
+    text = read_text(path)
     if not text.strip():
         raise DataError(f"{path}: empty text file")
     return text
@@ -120,7 +120,7 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: is a directory, expected a file")
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """The file's text as UTF-8 (a leading byte-order mark is dropped); every reader goes through here."""
     _check_file(path)
     try:
@@ -151,17 +151,18 @@ def _load_records(path: Path, split: str) -> tuple[list[Located], str]:
     """The file's records and a name for them in an empty-dataset message ("file", "split 'test'")."""
     suffix = _suffix(path)
     if suffix == ".json":
-        return _json_records(path, _read_json(path), split)
+        return _json_records(path, read_json(path), split)
     _require_train(path, split)
     if suffix == ".jsonl":
-        return _jsonl_records(path), "file"
+        return jsonl_records(path), "file"
     if suffix == ".csv":
         return _csv_records(path), "file"
     return _parquet_records(path), "file"
 
 
-def _read_json(path: Path) -> Any:
-    text = _read_text(path)
+def read_json(path: Path) -> Any:
+    """The parsed JSON of a file; a syntax error is a DataError naming the file, line and column."""
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -171,15 +172,15 @@ def _read_json(path: Path) -> Any:
 def _json_records(path: Path, data: Any, split: str) -> tuple[list[Located], str]:
     if isinstance(data, list):
         _require_train(path, split)
-        return _numbered(data, "record"), "file"
+        return numbered(data, "record"), "file"
     if not isinstance(data, dict):
         raise _shape_error(path, data)
     if "training_data" in data:
         _require_train(path, split)
         records = data["training_data"]
         if not isinstance(records, list):
-            raise DataError(f"{path}: 'training_data' must be a list of records, found {_describe(records)}")
-        return _numbered(records, "record"), "'training_data'"
+            raise DataError(f"{path}: 'training_data' must be a list of records, found {describe(records)}")
+        return numbered(records, "record"), "'training_data'"
     splits = _splits(data)
     if splits:
         return _split_records(path, splits, split)
@@ -201,7 +202,7 @@ def _split_records(path: Path, splits: dict[str, list[Any]], split: str) -> tupl
     name = _canonical_split(split)
     if name not in splits:
         raise DataError(f"{path}: split {split!r} not found; the file has splits {list(splits)}")
-    return _numbered(splits[name], f"split {name!r} record"), f"split {name!r}"
+    return numbered(splits[name], f"split {name!r} record"), f"split {name!r}"
 
 
 def _require_train(path: Path, split: str) -> None:
@@ -212,9 +213,10 @@ def _require_train(path: Path, split: str) -> None:
         )
 
 
-def _jsonl_records(path: Path) -> list[Located]:
+def jsonl_records(path: Path) -> list[Located]:
+    """("line N", parsed record) for every non-blank line of a JSON Lines file; a bad line is a DataError."""
     records = []
-    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -225,7 +227,7 @@ def _jsonl_records(path: Path) -> list[Located]:
 
 
 def _csv_records(path: Path) -> list[Located]:
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     lines = reader.reader  # DictReader.line_num lags behind on a row that fails to parse
     try:
         return [(f"line {lines.line_num}", row) for row in reader]
@@ -244,10 +246,11 @@ def _parquet_records(path: Path) -> list[Located]:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path}: not a readable Parquet file: {err}") from None
-    return _numbered(table.to_pylist(), "record")
+    return numbered(table.to_pylist(), "record")
 
 
-def _numbered(records: list[Any], label: str) -> list[Located]:
+def numbered(records: list[Any], label: str) -> list[Located]:
+    """("LABEL i", record) for each record: where an error message points."""
     return [(f"{label} {index}", record) for index, record in enumerate(records)]
 
 
@@ -259,11 +262,11 @@ def _record_parser(
 ) -> RecordParser:
     """Choose, from the first record, how every record becomes an Example: a chat or a key pair."""
     where, record = first
-    record = _as_object(path, where, record)
+    record = as_object(path, where, record)
     if prompt_key is None and response_key is None and messages_key in record:
-        return lambda w, r: _chat_example(path, w, _as_object(path, w, r), messages_key)
+        return lambda w, r: _chat_example(path, w, as_object(path, w, r), messages_key)
     keys = _detect_keys(path, where, record, prompt_key, response_key)
-    return lambda w, r: _pair_example(path, w, _as_object(path, w, r), *keys)
+    return lambda w, r: _pair_example(path, w, as_object(path, w, r), *keys)
 
 
 def _detect_keys(
@@ -285,8 +288,8 @@ def _detect_keys(
 def _pair_example(
     path: Path, where: str, record: dict[str, Any], prompt_key: str, response_key: str
 ) -> Example:
-    prompt = _string_field(path, where, record, prompt_key)
-    response = _response(path, where, response_key, _string_field(path, where, record, response_key))
+    prompt = string_field(path, where, record, prompt_key)
+    response = _response(path, where, response_key, string_field(path, where, record, response_key))
     return Example(prompt=prompt.strip(), response=response)
 
 
@@ -295,7 +298,7 @@ def _chat_example(path: Path, where: str, record: dict[str, Any], messages_key: 
     if not isinstance(messages, list) or not messages:
         raise DataError(
             f"{path}: {where}: key {messages_key!r}: expected a non-empty list of "
-            f"{{'role': ..., 'content': ...}} messages, found {_describe(messages)}"
+            f"{{'role': ..., 'content': ...}} messages, found {describe(messages)}"
         )
     chat = tuple(_message(path, f"{where}, {messages_key}[{i}]", m) for i, m in enumerate(messages))
     if chat[-1]["role"] != "assistant":
@@ -313,11 +316,11 @@ def _chat_example(path: Path, where: str, record: dict[str, Any], messages_key: 
 
 
 def _message(path: Path, where: str, message: Any) -> dict[str, str]:
-    message = _as_object(path, where, message)
-    role = _string_field(path, where, message, "role")
+    message = as_object(path, where, message)
+    role = string_field(path, where, message, "role")
     if role not in ROLES:
         raise DataError(f"{path}: {where}: key 'role': expected one of {list(ROLES)}, found {role!r}")
-    return {"role": role, "content": _string_field(path, where, message, "content")}
+    return {"role": role, "content": string_field(path, where, message, "content")}
 
 
 def _response(path: Path, where: str, key: str, text: str) -> str:
@@ -330,9 +333,10 @@ def _response(path: Path, where: str, key: str, text: str) -> str:
     return response
 
 
-def _as_object(path: Path, where: str, record: Any) -> dict[str, Any]:
+def as_object(path: Path, where: str, record: Any) -> dict[str, Any]:
+    """The record if it is a JSON object, else a DataError naming the file, the record and what it is."""
     if not isinstance(record, dict):
-        raise DataError(f"{path}: {where}: expected an object with keys, found {_describe(record)}")
+        raise DataError(f"{path}: {where}: expected an object with keys, found {describe(record)}")
     return record
 
 
@@ -342,10 +346,11 @@ def _field(path: Path, where: str, record: dict[str, Any], key: str) -> Any:
     return record[key]
 
 
-def _string_field(path: Path, where: str, record: dict[str, Any], key: str) -> str:
+def string_field(path: Path, where: str, record: dict[str, Any], key: str) -> str:
+    """record[key] as a string; a missing key or another type is a DataError naming file, record and key."""
     value = _field(path, where, record, key)
     if not isinstance(value, str):
-        raise DataError(f"{path}: {where}: key {key!r}: expected a string, found {_describe(value)}")
+        raise DataError(f"{path}: {where}: key {key!r}: expected a string, found {describe(value)}")
     return value
 
 
@@ -353,7 +358,7 @@ def _string_field(path: Path, where: str, record: dict[str, Any], key: str) -> s
 
 
 def _shape_error(path: Path, data: Any) -> DataError:
-    found = f"an object with keys {_keys(data)}" if isinstance(data, dict) else _describe(data)
+    found = f"an object with keys {_keys(data)}" if isinstance(data, dict) else describe(data)
     return DataError(
         f"{path}: unrecognised JSON shape: found {found}; expected one of: " + " | ".join(JSON_SHAPES)
     )
@@ -366,7 +371,7 @@ def _keys(record: dict[Any, Any], limit: int = 12) -> str:
     return f"[{shown}{more}]"
 
 
-def _describe(value: Any, limit: int = 60) -> str:
+def describe(value: Any, limit: int = 60) -> str:
     """A short 'type value' for messages, e.g. "int 5", "list [1, 2]", "null"."""
     if value is None:
         return "null"

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from tinylm.data.formats import (
-    _as_object,
-    _describe,
-    _jsonl_records,
-    _numbered,
-    _read_json,
-    _read_text,
-    _string_field,
+    as_object,
+    describe,
+    jsonl_records,
+    numbered,
+    read_json,
+    read_text,
+    string_field,
 )
 from tinylm.errors import DataError
 
@@ -91,7 +91,7 @@ def read_document(path: Path, *, text_key: str = "text") -> Document:
     elif suffix in (".json", ".jsonl"):
         sections = _record_sections(path, suffix, text_key)
     else:
-        text = _read_text(path)
+        text = read_text(path)
         sections = [Section("", _html_text(text) if suffix in (".html", ".htm") else text)]
     sections = [s for s in sections if s.text.strip()]
     if not sections:
@@ -111,20 +111,20 @@ def _check_suffix(path: Path) -> str:
 def _record_sections(path: Path, suffix: str, text_key: str) -> list[Section]:
     """One section per record: a .jsonl line, or an item of a .json list (or the .json's single object)."""
     if suffix == ".jsonl":
-        records = _jsonl_records(path)
+        records = jsonl_records(path)
     else:
-        data: Any = _read_json(path)
+        data: Any = read_json(path)
         if isinstance(data, dict):
             data = [data]
         if not isinstance(data, list):
             raise DataError(
                 f"{path}: expected a list of records or one object with key {text_key!r}, "
-                f"found {_describe(data)}"
+                f"found {describe(data)}"
             )
-        records = _numbered(data, "record")
+        records = numbered(data, "record")
     sections = []
     for where, record in records:
-        text = _string_field(path, where, _as_object(path, where, record), text_key)
+        text = string_field(path, where, as_object(path, where, record), text_key)
         if not text.strip():
             raise DataError(
                 f"{path}: {where}: key {text_key!r}: expected text to index, found an empty string"

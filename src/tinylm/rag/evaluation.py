@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tinylm.data.formats import _as_object, _jsonl_records, _string_field
+from tinylm.data.formats import as_object, jsonl_records, string_field
 from tinylm.errors import DataError
 from tinylm.rag.db import RagDB
 from tinylm.rag.retrieval import Hit, retrieve_many
@@ -54,10 +54,10 @@ def read_questions(path: str | Path) -> list[Question]:
     if path.suffix.lower() != ".jsonl":
         raise DataError(f"{path}: expected a .jsonl file of {{'question': ..., 'source': ...}} lines")
     questions = []
-    for where, record in _jsonl_records(path):
-        record = _as_object(path, where, record)
-        text = _string_field(path, where, record, "question")
-        questions.append(Question(text, _string_field(path, where, record, "source"), where))
+    for where, record in jsonl_records(path):
+        record = as_object(path, where, record)
+        text = string_field(path, where, record, "question")
+        questions.append(Question(text, string_field(path, where, record, "source"), where))
     if not questions:
         raise DataError(f"{path}: no questions (empty file)")
     return questions

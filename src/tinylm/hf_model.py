@@ -10,8 +10,11 @@ Its checkpoint is the usual checkpoint directory (tinylm.json, tokenizer/, train
 are in the Hugging Face layout that `save_pretrained` writes (config.json, model.safetensors), so
 `AutoModelForCausalLM.from_pretrained(checkpoint_dir)` reads it as well; tinylm.json's model kind is "hf".
 
-What it does not do: it keeps no KV cache (the engine runs the whole window at every step, prompts of
-different lengths one row at a time), so tinylm's fast paths do not apply: CUDA graphs, continuous batching
+Generation decodes through transformers' own KV cache: `new_cache()` gives an `HFCache` that the engine
+passes as it passes a GPT's static cache, so a prompt is read once and each new token costs one step, and
+prompts of different lengths share a left-padded batch (attention mask and position ids per row).
+
+What it does not do: tinylm's other fast paths do not apply: CUDA graphs, continuous batching
 (`tinylm serve`), beam search, packed rows, the memory estimate; int8 (`tinylm.quantize`) turns its
 nn.Linear layers only. transformers is imported inside the functions that need it, since it is slow to import.
 """
@@ -62,6 +65,17 @@ class HFModelConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class HFCache:
+    """transformers' KV cache of one generation (`past_key_values`, filled by the first pass), and how many
+    positions it holds. Positions are appended in order, as the engine writes slots 0, 1, 2, ..."""
+
+    batch_size: int
+    max_len: int
+    past: Any = None
+    length: int = 0
+
+
 class HFCausalLM(nn.Module):
     """An `AutoModelForCausalLM` (`.hf`) behind the forward/embeddings signature of tinylm's GPT."""
 
@@ -82,8 +96,19 @@ class HFCausalLM(nn.Module):
         cache: Any = None,
     ) -> Tensor:
         """idx (B, T) -> logits (B, T, vocab_size). Left-padded rows pass `key_mask` (B, T), True on real
-        tokens, and `positions` (B, T), each token's position in its own row (-1 on padding)."""
-        return self.hf(**self._inputs(idx, segment_ids, positions, key_mask, input_pos, cache)).logits
+        tokens, and `positions` (B, T), each token's position in its own row (-1 on padding).
+
+        With `cache` (from `new_cache`), idx are the next T tokens after those the cache holds, at slots
+        `input_pos`, and key_mask (B, S >= all tokens so far) marks the real ones among every slot."""
+        out = self.hf(**self._inputs(idx, segment_ids, positions, key_mask, input_pos, cache))
+        if cache is not None:
+            cache.past, cache.length = out.past_key_values, cache.length + idx.size(1)
+        return out.logits
+
+    def new_cache(self, batch_size: int, max_len: int, **_: Any) -> HFCache:
+        """An empty transformers cache for `batch_size` rows and up to `max_len` positions."""
+        assert 0 < max_len <= self.config.block_size, f"cache max_len={max_len} must be in 1..block_size"
+        return HFCache(batch_size, max_len)
 
     def embeddings(self, idx: Tensor, *, segment_ids: Tensor | None = None) -> Tensor:
         """idx (B, T) -> the last hidden state (B, T, n_embd), after the model's final norm."""
@@ -101,17 +126,26 @@ class HFCausalLM(nn.Module):
     ) -> dict[str, Any]:
         """The transformers keyword arguments for a tinylm call; ValueError for what has no equivalent."""
         name = self.config.model_type
-        if cache is not None or input_pos is not None:
+        if (cache is None) != (input_pos is None) or not isinstance(cache, HFCache | None):
             raise ValueError(
-                f"{name} runs through transformers without tinylm's KV cache; pass the whole window"
+                f"{name} runs through transformers: pass the whole window, or input_pos with a cache from "
+                "its new_cache()"
             )
         if segment_ids is not None:
             raise ValueError(
                 f"{name} runs through transformers, which cannot keep packed rows apart (segment_ids)"
             )
-        inputs: dict[str, Any] = {"input_ids": idx, "use_cache": False}
+        inputs: dict[str, Any] = {"input_ids": idx, "use_cache": cache is not None}
+        if cache is not None:
+            assert input_pos.shape == (idx.size(1),), f"input_pos must have shape ({idx.size(1)},)"
+            inputs["past_key_values"] = cache.past
+            if key_mask is not None:  # the mask of every token so far: those cached and these
+                key_mask = key_mask[:, : cache.length + idx.size(1)]
         if key_mask is not None:
-            assert key_mask.shape == idx.shape, f"key_mask {tuple(key_mask.shape)} != idx {tuple(idx.shape)}"
+            seen = (cache.length if cache is not None else 0) + idx.size(1)
+            assert key_mask.shape == (idx.size(0), seen), (
+                f"key_mask {tuple(key_mask.shape)}: expected {seen} keys"
+            )
             inputs["attention_mask"] = key_mask.long()
         if positions is not None and self._takes_positions:  # others (ALiBi) place tokens by the mask
             inputs["position_ids"] = positions.clamp(min=0)
@@ -131,7 +165,7 @@ class HFCausalLM(nn.Module):
         model = cls(hf.float()).eval()
         log.warning(
             f"tinylm: {model.config.model_type} runs through transformers' AutoModelForCausalLM, not tinylm's "
-            "GPT: no KV cache, CUDA graphs, continuous batching or beam search"
+            "GPT: no CUDA graphs, continuous batching or beam search"
         )
         return model
 

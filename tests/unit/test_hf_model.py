@@ -64,7 +64,7 @@ def test_load_stores_an_hf_checkpoint_and_says_it_runs_through_transformers(neo,
         again = load_checkpoint(ck)
     assert [r.getMessage() for r in caplog.records] == [
         "tinylm: gpt_neo runs through transformers' AutoModelForCausalLM, not tinylm's GPT: "
-        "no KV cache, CUDA graphs, continuous batching or beam search"
+        "no CUDA graphs, continuous batching or beam search"
     ]
     ids = _ids(lm, PROMPTS[0])
     with torch.no_grad():
@@ -86,6 +86,21 @@ def test_greedy_tokens_equal_transformers_generate(neo):
     batched = [c.tokens for c in lm.complete(PROMPTS, raw=True, max_new_tokens=10)]
     assert alone == batched == expected
     assert lm.generate(PROMPTS, raw=True, max_new_tokens=10) == [lm.tokenizer.decode(t) for t in expected]
+
+
+def test_generation_reads_the_prompts_once_then_one_token_per_step(neo, monkeypatch):
+    _, lm, _ = neo
+    shapes = []
+    forward = lm.model.hf.forward
+
+    def spy(**kw):
+        shapes.append(tuple(kw["input_ids"].shape))
+        return forward(**kw)
+
+    monkeypatch.setattr(lm.model.hf, "forward", spy)
+    lm.complete(PROMPTS, raw=True, max_new_tokens=10, stop_token_ids=[])
+    width = max(len(lm.tokenizer.encode(p)) for p in PROMPTS)
+    assert shapes == [(2, width)] + [(2, 1)] * 9  # one left-padded batch through transformers' cache
 
 
 @torch.no_grad()
@@ -118,7 +133,7 @@ def test_what_transformers_models_cannot_do_raises_clearly(neo, tmp_path):
 
     _, lm, _ = neo
     idx = _ids(lm, PROMPTS[0])
-    with pytest.raises(ValueError, match="without tinylm's KV cache"):
+    with pytest.raises(ValueError, match="or input_pos with a cache from its new_cache"):
         lm.model(idx, input_pos=torch.arange(idx.size(1)), cache=object())
     with pytest.raises(ValueError, match="packed rows"):
         lm.model(idx, segment_ids=torch.zeros_like(idx))

@@ -3,7 +3,8 @@
 Batches of prompts of different lengths are left-padded: each row keeps its own positions, padding is
 masked out of attention, and each row stops on its own (stop id or `max_new_tokens`). Models without a
 cache (the GRU baseline) and generations longer than the context window run on the (cropped) sequence at
-every step, as nanoGPT does. The engine sees token ids only; text, templates and stop strings belong to
+every step, as nanoGPT does. Models run through transformers (`HFCausalLM`) decode through transformers'
+own cache the same way. The engine sees token ids only; text, templates and stop strings belong to
 the caller (`tinylm.api`).
 """
 
@@ -17,8 +18,10 @@ from torch import Tensor, nn
 
 from tinylm.generate import graphs
 from tinylm.generate.sampling import PAD, SamplingParams, choose
+from tinylm.hf_model import HFCausalLM
 from tinylm.model import GPT
 
+CACHED = (GPT, HFCausalLM)  # models with a KV cache (`new_cache`) and left-padded batches
 SYNC_EVERY = {"cuda": 8}  # decode steps queued on a device per host sync (token read-back); else 1
 
 
@@ -43,7 +46,9 @@ def generate_batch(
     generator: torch.Generator | None = None,
 ) -> list[Generated]:
     """Generate for every prompt at once; results in prompt order."""
-    if not isinstance(model, GPT) and len({len(p) for p in prompts}) > 1:  # a recurrence cannot skip padding
+    if (
+        not isinstance(model, CACHED) and len({len(p) for p in prompts}) > 1
+    ):  # a recurrence cannot skip padding
         return [
             generate_batch(
                 model,
@@ -160,7 +165,7 @@ def _decode(
             yield [(r, tok[r], lp[r]) for r in range(B) if run[r]]
 
     produced = 0
-    if isinstance(model, GPT) and width < block_size:
+    if isinstance(model, CACHED) and width < block_size:
         n_cached = min(max_new_tokens, block_size - width)
         total = width + n_cached
         fast = graphs.enabled(model) and n_cached > 1
@@ -213,7 +218,7 @@ def _decode(
     for t in range(produced, max_new_tokens):  # no cache, or past the context window
         window = history[:, : width + t][:, -block_size:]
         real = window >= 0
-        if isinstance(model, GPT):
+        if isinstance(model, CACHED):
             logits = model(window.clamp(min=0), positions=real.cumsum(1) - 1, key_mask=real)
         else:
             assert real.all(), "the GRU model decodes padded batches one row at a time"

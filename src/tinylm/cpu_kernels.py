@@ -1,10 +1,11 @@
 """Fast CPU products for decoding (float32 and int8 weights), built from tinylm's own C source on first use.
 
 Decoding one token reads every weight once, so on a CPU it is bound by memory bandwidth. On this
-workplace's 2 cores a plain float32 sum streams 28 GB/s, while `F.linear` with one activation row reaches
-about 10 GB/s and `aten._weight_int8pack_mm` (int8 weights) about 10 GB/s too. The loops in
-`cpu_kernels.c` (a vectorized dot product per output row, rows split over PyTorch's OpenMP threads) reach
-28 GB/s for float32 weights and 19-23 GB/s for int8 ones (bench/quantize.py, bench/decode.py). So for one
+workplace's 2 cores a plain float32 sum streams 31-33 GB/s, while `F.linear` with one activation row
+reaches 11-12 GB/s and `aten._weight_int8pack_mm` (int8 weights) 11-14 GB/s. The loops in `cpu_kernels.c`
+(a vectorized dot product per output row, rows split over PyTorch's OpenMP threads) reach 25-29 GB/s for
+float32 weights and 18-25 GB/s for int8 ones (bench/cpu_kernels.py; whole models: bench/decode.py,
+bench/quantize.py). So for one
 or two activation rows `tinylm.model.Linear` and `tinylm.quantize.Int8Linear` run these; larger batches
 (a prompt's prefill, training) stay on PyTorch's kernels, which are faster there.
 

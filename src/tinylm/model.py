@@ -199,12 +199,18 @@ def split_segments(segment_ids: Tensor) -> tuple[Tensor, Tensor]:
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state_dict), except when decoding on the CPU: one or two float32
-    rows without autograd run tinylm's bandwidth-bound kernel (`tinylm.cpu_kernels`), about 3x F.linear
+    rows without autograd run tinylm's bandwidth-bound kernel (`tinylm.cpu_kernels`), 2-2.5x F.linear
     there. Training, prefill, GPUs and other dtypes take F.linear."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.is_grad_enabled() and self.weight.dtype == torch.float32 and cpu_kernels.decoding(x):
-            y = cpu_kernels.f32_linear(x.reshape(-1, self.in_features), self.weight)
+        w = self.weight
+        if (
+            not torch.is_grad_enabled()
+            and w.dtype == torch.float32
+            and w.is_contiguous()
+            and cpu_kernels.decoding(x)
+        ):
+            y = cpu_kernels.f32_linear(x.reshape(-1, self.in_features), w)
             y = y.view(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
         return F.linear(x, self.weight, self.bias)

@@ -69,6 +69,9 @@ def test_model_linear_takes_the_kernel_only_for_decoding(spy):
         layer(many)  # prefill: 3 rows
         layer.to(torch.bfloat16)(one.bfloat16())  # another dtype
     layer.float()(one)  # autograd on: training
+    layer.weight = torch.nn.Parameter(torch.randn(32, 24).T)  # a transposed view: not contiguous
+    with torch.no_grad():
+        torch.testing.assert_close(layer(one), F.linear(one, layer.weight, layer.bias))
     assert spy["f32"] == 1
 
 

@@ -14,7 +14,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#define MAX_M 8 /* activation rows per call (tinylm/cpu_kernels.py sends at most MAX_ROWS) */
+#define MAX_M 8 /* activation rows per call at most (tinylm/cpu_kernels.py refuses more) */
 
 static inline float dot_f32(const float *restrict w, const float *restrict x, long K) {
     float acc = 0.0f;

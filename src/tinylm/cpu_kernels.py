@@ -44,7 +44,8 @@ FLAGS = [
     "-fno-signed-zeros",
     "-fno-trapping-math",
 ]
-MAX_ROWS = 2  # activation rows up to which the kernels beat PyTorch's on 2 cores (<= MAX_M in the C file)
+MAX_ROWS = 2  # activation rows up to which the kernels beat PyTorch's on 2 cores
+MAX_M = 8  # the most rows the C code takes (its MAX_M)
 
 _lib: dict[str, ctypes.CDLL | None] = {}
 
@@ -63,8 +64,15 @@ def ready() -> bool:
 
 
 def decoding(x: Tensor) -> bool:
-    """Whether x (..., K) is what the kernels are for: float32 on the CPU, at most MAX_ROWS rows."""
-    return x.is_cpu and x.dtype == torch.float32 and x.numel() <= MAX_ROWS * x.size(-1) and ready()
+    """Whether x (..., K) is what the kernels are for: float32 on the CPU, at most MAX_ROWS rows, no
+    autograd (the kernels have no backward)."""
+    return (
+        x.is_cpu
+        and x.dtype == torch.float32
+        and x.numel() <= MAX_ROWS * x.size(-1)
+        and not torch.is_grad_enabled()
+        and ready()
+    )
 
 
 def f32_linear(x: Tensor, weight: Tensor) -> Tensor:
@@ -85,9 +93,29 @@ def int8_linear(x: Tensor, qweight: Tensor, scales: Tensor, eps: float = 0.0) ->
     return _int8_run(x, qweight, scales, eps)
 
 
-def _f32_run(x: Tensor, weight: Tensor) -> Tensor:
+def _check(x: Tensor, weight: Tensor, dtype: torch.dtype) -> ctypes.CDLL:
+    """The library, after checking what the C code takes for granted (ValueError otherwise)."""
     lib = library()
-    assert lib is not None and weight.dtype == torch.float32 and weight.is_contiguous()
+    if lib is None:
+        raise ValueError("tinylm's CPU kernels are not built (see the warning above)")
+    if x.dim() != 2 or not 0 < x.size(0) <= MAX_M or x.dtype != torch.float32 or not x.is_cpu:
+        raise ValueError(
+            f"x: expected float32 (M, K) on the CPU with M <= {MAX_M}, got {x.dtype} {tuple(x.shape)}"
+        )
+    if (
+        weight.dim() != 2
+        or weight.size(1) != x.size(1)
+        or weight.dtype != dtype
+        or not weight.is_contiguous()
+    ):
+        raise ValueError(
+            f"weight: expected contiguous {dtype} (N, {x.size(1)}), got {weight.dtype} {tuple(weight.shape)}"
+        )
+    return lib
+
+
+def _f32_run(x: Tensor, weight: Tensor) -> Tensor:
+    lib = _check(x, weight, torch.float32)
     x = x.contiguous()
     (M, K), N = x.shape, weight.size(0)
     y = torch.empty(M, N, dtype=torch.float32)
@@ -96,8 +124,11 @@ def _f32_run(x: Tensor, weight: Tensor) -> Tensor:
 
 
 def _int8_run(x: Tensor, qweight: Tensor, scales: Tensor, eps: float) -> Tensor:
-    lib = library()
-    assert lib is not None and qweight.is_contiguous() and scales.dtype == torch.float32
+    lib = _check(x, qweight, torch.int8)
+    if scales.shape != (qweight.size(0),) or scales.dtype != torch.float32 or not scales.is_contiguous():
+        raise ValueError(
+            f"scales: expected float32 ({qweight.size(0)},), got {scales.dtype} {tuple(scales.shape)}"
+        )
     x = x.contiguous()
     (M, K), N = x.shape, qweight.size(0)
     y = torch.empty(M, N, dtype=torch.float32)
@@ -171,18 +202,24 @@ def _build(path: Path) -> str | None:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return "no C compiler (cc) on PATH"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        out = Path(tmp) / path.name
-        try:
-            done = subprocess.run(
-                [cc, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True, timeout=120
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return f"{cc}: {e}"
-        if done.returncode != 0:
-            return f"{cc} exited with {done.returncode}: {done.stderr.strip()[-300:]}"
-        os.replace(out, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            out = Path(tmp) / path.name
+            try:
+                done = subprocess.run(
+                    [cc, *FLAGS, str(SOURCE), "-o", str(out), "-lm"],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+            except (OSError, subprocess.TimeoutExpired) as e:
+                return f"{cc}: {e}"
+            if done.returncode != 0:
+                return f"{cc} exited with {done.returncode}: {done.stderr.strip()[-300:]}"
+            os.replace(out, path)
+    except OSError as e:  # an unwritable TINYLM_HOME
+        return f"cannot write {path.parent}: {e}"
     return None
 
 

@@ -83,7 +83,7 @@ class HFCausalLM(nn.Module):
         super().__init__()
         self.hf = hf
         self.config = HFModelConfig.of(hf.config)
-        self._takes_positions = "position_ids" in inspect.signature(hf.forward).parameters
+        self.takes_positions = "position_ids" in inspect.signature(hf.forward).parameters
 
     def forward(
         self,
@@ -147,7 +147,7 @@ class HFCausalLM(nn.Module):
                 f"key_mask {tuple(key_mask.shape)}: expected {seen} keys"
             )
             inputs["attention_mask"] = key_mask.long()
-        if positions is not None and self._takes_positions:  # others (ALiBi) place tokens by the mask
+        if positions is not None and self.takes_positions:  # others (ALiBi) place tokens by the mask
             inputs["position_ids"] = positions.clamp(min=0)
         return inputs
 

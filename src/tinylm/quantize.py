@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from tinylm import cpu_kernels
 from tinylm.errors import TinylmError
-from tinylm.model import GPT, RMSNorm, SwiGLU
+from tinylm.model import GPT, Linear, RMSNorm, SwiGLU
 
 METHODS = ("none", "int8")
 
@@ -58,7 +58,9 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
     tied = _tied_head(model)
     _fold_norms(model)
     for name, module in list(model.named_modules()):
-        if isinstance(module, SwiGLU):
+        if isinstance(module, SwiGLU) and all(
+            type(m) in (nn.Linear, Linear) for m in (module.gate, module.up)
+        ):
             _replace(model, name, Int8SwiGLU.from_swiglu(module))
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and not (tied is not None and name == "lm_head"):
@@ -248,18 +250,18 @@ def _fold_norms(model: nn.Module) -> None:
     """In a pre-norm RMSNorm GPT (Llama, SmolLM2), fold each block's norm weights into the layers that
     read the norm's output, and drop the norms: norm(x) W^T = (x / rms(x)) (W diag(w))^T, so the
     attention's qkv and the MLP's first layers take x itself (marked `norm_eps`, see Int8Linear).
-    The final norm stays when the head shares the embedding table (its columns cannot be rescaled)."""
+    A norm is folded only when every layer reading it is a plain nn.Linear (not a LoRA wrapper). The
+    final norm stays: `embeddings()` returns its output, and a tied head's columns cannot be rescaled."""
     if not isinstance(model, GPT) or model.config.norm != "rmsnorm" or not model.config.prenorm:
         return
     for block in model.h:
         mlp = [block.mlp.gate, block.mlp.up] if isinstance(block.mlp, SwiGLU) else [block.mlp.fc]
-        for norm, readers in ((block.ln_1, [block.attn.qkv]), (block.ln_2, mlp)):
-            for linear in readers:
-                _fold(norm, linear)
-        block.ln_1, block.ln_2 = nn.Identity(), nn.Identity()
-    if _tied_head(model) is None:
-        _fold(model.ln_f, model.lm_head)
-        model.ln_f = nn.Identity()
+        for name, readers in (("ln_1", [block.attn.qkv]), ("ln_2", mlp)):
+            norm = getattr(block, name)
+            if isinstance(norm, RMSNorm) and all(type(r) in (nn.Linear, Linear) for r in readers):
+                for linear in readers:
+                    _fold(norm, linear)
+                setattr(block, name, nn.Identity())
 
 
 def _fold(norm: RMSNorm, linear: nn.Linear) -> None:

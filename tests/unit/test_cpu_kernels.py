@@ -6,8 +6,9 @@ import torch.nn.functional as F
 
 from tinylm import cpu_kernels
 from tinylm.generate.engine import generate_batch
-from tinylm.model import GPTConfig, Linear, build_model
+from tinylm.model import GPTConfig, Linear, RMSNorm, build_model
 from tinylm.quantize import Int8Linear, Int8SwiGLU, quantize, quantize_rows
+from tinylm.train.lora import LoRALinear, apply_lora
 
 needs_kernels = pytest.mark.skipif(
     not cpu_kernels.ready(), reason="no C compiler to build tinylm's CPU kernels"
@@ -109,7 +110,7 @@ def test_quantize_folds_rms_norms_into_the_next_products(spy):
     assert isinstance(block.ln_1, torch.nn.Identity) and isinstance(block.ln_2, torch.nn.Identity)
     assert isinstance(block.mlp, Int8SwiGLU) and block.mlp.gate_up.norm_eps == cfg.norm_eps
     assert isinstance(block.attn.qkv, Int8Linear) and block.attn.qkv.norm_eps == cfg.norm_eps
-    assert quant.lm_head.norm_eps == cfg.norm_eps  # an untied head takes the final norm too
+    assert isinstance(quant.ln_f, RMSNorm) and quant.lm_head.norm_eps == 0.0  # embeddings() ends with ln_f
     x = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = model(x)[0, -1]
@@ -121,6 +122,64 @@ def test_quantize_folds_rms_norms_into_the_next_products(spy):
         assert spy["int8"] > 0
     rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
     assert rel(prefill, want) < 0.02 and rel(decode, want) < 0.02 and rel(decode, prefill) < 0.01
+    with torch.no_grad():
+        assert rel(quant.embeddings(x), model.embeddings(x)) < 0.02  # the final norm is still applied
+
+
+def test_quantize_leaves_norms_read_by_lora_layers_alone():
+    cfg = GPTConfig(vocab_size=64, block_size=48, n_layer=2, n_head=2, n_embd=32, pos="rope", norm="rmsnorm",
+                    mlp="swiglu", bias=False)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    apply_lora(model, targets=["attn.qkv", "mlp.up"])
+    x = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(x)
+        quant = quantize(copy.deepcopy(model), "int8")
+        got = quant(x)
+    block = quant.h[0]
+    assert isinstance(block.ln_1, RMSNorm) and isinstance(block.ln_2, RMSNorm)  # not folded
+    assert isinstance(block.attn.qkv, LoRALinear) and isinstance(block.attn.qkv.base, Int8Linear)
+    assert not isinstance(block.mlp, Int8SwiGLU) and isinstance(block.mlp.gate, Int8Linear)
+    assert float((got - want).norm() / want.norm()) < 0.05
+
+
+def test_int8_linear_never_silently_detaches_autograd():
+    """int8 is for inference: with autograd on, one row takes PyTorch's product (as three rows do), whose
+    missing derivative is a loud error, never a silently detached output."""
+    torch.manual_seed(0)
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 8))
+    for rows in (1, 3):
+        y = layer(torch.randn(rows, 64, requires_grad=True))
+        assert y.requires_grad
+        with pytest.raises(RuntimeError, match="derivative for aten::_weight_int8pack_mm is not implemented"):
+            y.sum().backward()
+
+
+@needs_kernels
+def test_the_public_kernels_refuse_what_the_c_code_cannot_take():
+    w, q = torch.randn(8, 16), torch.zeros(8, 16, dtype=torch.int8)
+    with pytest.raises(ValueError, match="M <= 8"):
+        cpu_kernels.int8_linear(torch.zeros(9, 16), q, torch.ones(8))
+    with pytest.raises(ValueError, match="float32"):
+        cpu_kernels.f32_linear(torch.zeros(1, 16, dtype=torch.float64), w)
+    with pytest.raises(ValueError, match=r"weight: expected contiguous torch\.int8"):
+        cpu_kernels.int8_linear(torch.zeros(1, 16), w, torch.ones(8))
+    with pytest.raises(ValueError, match=r"weight: expected contiguous torch.float32 \(N, 16\)"):
+        cpu_kernels.f32_linear(torch.zeros(1, 16), w.T)
+
+
+def test_an_unwritable_home_falls_back_to_pytorch(monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    monkeypatch.setenv("TINYLM_HOME", str(tmp_path / "file" / "home"))
+    monkeypatch.setattr(cpu_kernels, "_lib", {})
+    with pytest.warns(UserWarning, match="CPU kernels not built .*cannot write"):
+        assert cpu_kernels.library() is None
+    with torch.no_grad():
+        layer = Linear(8, 4)
+        torch.testing.assert_close(
+            layer(torch.ones(1, 8)), F.linear(torch.ones(1, 8), layer.weight, layer.bias)
+        )
 
 
 def test_without_a_compiler_pytorch_kernels_run(monkeypatch, tmp_path):

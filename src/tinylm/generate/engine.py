@@ -21,7 +21,7 @@ from tinylm.generate.sampling import PAD, SamplingParams, choose
 from tinylm.hf_model import HFCausalLM
 from tinylm.model import GPT
 
-CACHED = (GPT, HFCausalLM)  # models with a KV cache (`new_cache`) and left-padded batches
+CACHED = (GPT, HFCausalLM)  # models with a KV cache (`new_cache`)
 SYNC_EVERY = {"cuda": 8}  # decode steps queued on a device per host sync (token read-back); else 1
 
 
@@ -32,6 +32,12 @@ class Generated:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str = "length"  # "stop" when a stop id ended it
+
+
+def _pads(model: nn.Module) -> bool:
+    """Whether the model runs left-padded batches: tinylm's GPT, and transformers models that take
+    position ids (so each row's tokens keep their own positions)."""
+    return isinstance(model, GPT) or (isinstance(model, HFCausalLM) and model.takes_positions)
 
 
 @torch.no_grad()
@@ -46,9 +52,7 @@ def generate_batch(
     generator: torch.Generator | None = None,
 ) -> list[Generated]:
     """Generate for every prompt at once; results in prompt order."""
-    if (
-        not isinstance(model, CACHED) and len({len(p) for p in prompts}) > 1
-    ):  # a recurrence cannot skip padding
+    if not _pads(model) and len({len(p) for p in prompts}) > 1:  # e.g. a recurrence cannot skip padding
         return [
             generate_batch(
                 model,

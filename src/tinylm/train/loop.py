@@ -255,7 +255,8 @@ def fit(cfg: RunConfig) -> Path:
             loggers.log(metrics, state.step)
             progress.note(f"step {state.step}: val_loss {metrics['val_loss']:.4f}")
             checkpoint(state.latest.get(cfg.checkpoint.monitor), last=False)
-            reached = t.stop_at_val_loss is not None and metrics["val_loss"] <= t.stop_at_val_loss
+            if t.stop_at_val_loss is not None:  # rank 0 decides, so that every process stops together
+                reached = bool(fabric.broadcast(metrics["val_loss"] <= t.stop_at_val_loss, src=0))
         every = cfg.checkpoint.every_n_train_steps
         if (every and state.step % every == 0) or ((is_last or reached) and cfg.checkpoint.save_last):
             checkpoint(None, last=True)

@@ -496,18 +496,29 @@ def resolve_model(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if (path / META_FILE).is_file():
         return path
-    models = tinylm_home() / "models"
     if str(name_or_path) in REGISTRY:
         name = str(name_or_path)
-        return _converted(models / name, _registry_file(name))
+        return _converted(_models_dir() / name, _registry_file(name))
     if (path / "config.json").is_file():
         path = path.resolve()
-        return _converted(models / f"{path.name}-{_fingerprint(path)}", path)
+        return _converted(_models_dir() / f"{path.name}-{_fingerprint(path)}", path)
     raise TinylmError(
         f"no model {str(name_or_path)!r}: expected a registry name ({', '.join(REGISTRY)}), "
         f"a tinylm checkpoint directory (with {META_FILE}) or a Hugging Face model directory "
         "(with config.json); `tinylm models` lists what is available"
     )
+
+
+def _models_dir() -> Path:
+    """$TINYLM_HOME/models, created if missing; TinylmError when it cannot be."""
+    models = tinylm_home() / "models"
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TinylmError(
+            f"TINYLM_HOME: cannot create {models} ({e.strerror}); set TINYLM_HOME to a writable directory"
+        ) from None
+    return models
 
 
 def available_models() -> list[dict[str, Any]]:

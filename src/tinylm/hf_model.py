@@ -70,8 +70,6 @@ class HFCache:
     """transformers' KV cache of one generation (`past_key_values`, filled by the first pass), and how many
     positions it holds. Positions are appended in order, as the engine writes slots 0, 1, 2, ..."""
 
-    batch_size: int
-    max_len: int
     past: Any = None
     length: int = 0
 
@@ -108,7 +106,7 @@ class HFCausalLM(nn.Module):
     def new_cache(self, batch_size: int, max_len: int, **_: Any) -> HFCache:
         """An empty transformers cache for `batch_size` rows and up to `max_len` positions."""
         assert 0 < max_len <= self.config.block_size, f"cache max_len={max_len} must be in 1..block_size"
-        return HFCache(batch_size, max_len)
+        return HFCache()
 
     def embeddings(self, idx: Tensor, *, segment_ids: Tensor | None = None) -> Tensor:
         """idx (B, T) -> the last hidden state (B, T, n_embd), after the model's final norm."""
@@ -136,13 +134,13 @@ class HFCausalLM(nn.Module):
                 f"{name} runs through transformers, which cannot keep packed rows apart (segment_ids)"
             )
         inputs: dict[str, Any] = {"input_ids": idx, "use_cache": cache is not None}
+        seen = idx.size(1)  # the tokens attended to: those cached and these
         if cache is not None:
             assert input_pos.shape == (idx.size(1),), f"input_pos must have shape ({idx.size(1)},)"
             inputs["past_key_values"] = cache.past
-            if key_mask is not None:  # the mask of every token so far: those cached and these
-                key_mask = key_mask[:, : cache.length + idx.size(1)]
+            seen += cache.length
         if key_mask is not None:
-            seen = (cache.length if cache is not None else 0) + idx.size(1)
+            key_mask = key_mask[:, :seen]  # a cache's mask covers every slot, later ones too
             assert key_mask.shape == (idx.size(0), seen), (
                 f"key_mask {tuple(key_mask.shape)}: expected {seen} keys"
             )

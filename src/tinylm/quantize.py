@@ -58,9 +58,7 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
     tied = _tied_head(model)
     _fold_norms(model)
     for name, module in list(model.named_modules()):
-        if isinstance(module, SwiGLU) and all(
-            type(m) in (nn.Linear, Linear) for m in (module.gate, module.up)
-        ):
+        if isinstance(module, SwiGLU) and _plain(module.gate, module.up):
             _replace(model, name, Int8SwiGLU.from_swiglu(module))
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and not (tied is not None and name == "lm_head"):
@@ -109,30 +107,25 @@ class Int8Linear(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        weight = linear.weight
-        _probe(weight.device)
-        qweight, scales = quantize_rows(weight, _kernel_dtype(weight.device, weight.dtype))
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(qweight, scales, bias, getattr(linear, "norm_eps", 0.0))
+        return cls(*_int8_rows(linear.weight), bias, getattr(linear, "norm_eps", 0.0))
 
     def forward(self, x: Tensor) -> Tensor:
         """x (..., in) -> (..., out) in x's dtype."""
+        x2 = x.reshape(-1, self.in_features)  # (N, in)
         if cpu_kernels.decoding(x):  # tinylm's own kernel, 1.5-1.7x aten's speed there
-            y = cpu_kernels.int8_linear(
-                x.reshape(-1, self.in_features), self.qweight, self.scales_f32, self.norm_eps
-            )
-            y = y.view(*x.shape[:-1], self.out_features)
-            return y if self.bias is None else y + self.bias
-        return self._product(x)
+            y = cpu_kernels.int8_linear(x2, self.qweight, self.scales_f32, self.norm_eps)
+        else:
+            y = self._product(x2)
+        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias
 
     def _product(self, x: Tensor) -> Tensor:
+        """x (N, in) -> (N, out) through aten's int8 kernel (or dequantized weights)."""
         if self.norm_eps:  # as RMSNorm does: in float32, then back to x's dtype
             xf = x.float()
             x = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.norm_eps)).to(x.dtype)
-        x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)  # (N, in)
-        y = int8_matmul(x2, self.qweight, self.scales)  # (N, out)
-        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
-        return y if self.bias is None else y + self.bias
+        return int8_matmul(x.to(self.scales.dtype), self.qweight, self.scales)
 
     def extra_repr(self) -> str:
         return (
@@ -159,10 +152,7 @@ class Int8Embedding(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_embedding(cls, embedding: nn.Embedding) -> Int8Embedding:
-        weight = embedding.weight
-        _probe(weight.device)
-        qweight, scales = quantize_rows(weight, _kernel_dtype(weight.device, weight.dtype))
-        return cls(qweight, scales, weight.dtype)
+        return cls(*_int8_rows(embedding.weight), embedding.weight.dtype)
 
     @property
     def weight(self) -> Tensor:
@@ -193,13 +183,11 @@ class Int8SwiGLU(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_swiglu(cls, mlp: SwiGLU) -> Int8SwiGLU:
-        stacked = nn.Linear(mlp.gate.in_features, 2 * mlp.gate.out_features, bias=mlp.gate.bias is not None)
-        stacked.to(mlp.gate.weight.device, mlp.gate.weight.dtype)
-        stacked.weight.copy_(torch.cat((mlp.gate.weight, mlp.up.weight)))  # (2 * hidden, in)
-        if mlp.gate.bias is not None:
-            stacked.bias.copy_(torch.cat((mlp.gate.bias, mlp.up.bias)))
-        stacked.norm_eps = getattr(mlp.gate, "norm_eps", 0.0)
-        return cls(Int8Linear.from_linear(stacked), Int8Linear.from_linear(mlp.down))
+        gate, up = mlp.gate, mlp.up
+        bias = None if gate.bias is None else torch.cat((gate.bias, up.bias)).detach()
+        rows = _int8_rows(torch.cat((gate.weight, up.weight)))  # (2 * hidden, in)
+        gate_up = Int8Linear(*rows, bias, getattr(gate, "norm_eps", 0.0))
+        return cls(gate_up, Int8Linear.from_linear(mlp.down))
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up(x).split(self.hidden, dim=-1)
@@ -224,6 +212,17 @@ def int8_matmul(x: Tensor, qweight: Tensor, scales: Tensor) -> Tensor:
     if _KERNEL.get(x.device.type, False):
         return torch.ops.aten._weight_int8pack_mm(x, qweight, scales)
     return F.linear(x, qweight.to(x.dtype)) * scales
+
+
+def _int8_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """`quantize_rows` of a weight, with the scale dtype of the int8 kernel on its device."""
+    _probe(weight.device)
+    return quantize_rows(weight, _kernel_dtype(weight.device, weight.dtype))
+
+
+def _plain(*modules: nn.Module) -> bool:
+    """Whether every module is a plain Linear (tinylm's or torch's), not a wrapper such as LoRA's."""
+    return all(type(m) in (nn.Linear, Linear) for m in modules)
 
 
 _KERNEL: dict[str, bool] = {}  # device type -> whether aten._weight_int8pack_mm runs there; see _probe
@@ -258,7 +257,7 @@ def _fold_norms(model: nn.Module) -> None:
         mlp = [block.mlp.gate, block.mlp.up] if isinstance(block.mlp, SwiGLU) else [block.mlp.fc]
         for name, readers in (("ln_1", [block.attn.qkv]), ("ln_2", mlp)):
             norm = getattr(block, name)
-            if isinstance(norm, RMSNorm) and all(type(r) in (nn.Linear, Linear) for r in readers):
+            if isinstance(norm, RMSNorm) and _plain(*readers):
                 for linear in readers:
                     _fold(norm, linear)
                 setattr(block, name, nn.Identity())

@@ -5,9 +5,11 @@ workplace's 2 cores a plain float32 sum streams 31-33 GB/s, while `F.linear` wit
 reaches 11-12 GB/s and `aten._weight_int8pack_mm` (int8 weights) 11-14 GB/s. The loops in `cpu_kernels.c`
 (a vectorized dot product per output row, rows split over PyTorch's OpenMP threads) reach 25-29 GB/s for
 float32 weights and 18-25 GB/s for int8 ones (bench/cpu_kernels.py; whole models: bench/decode.py,
-bench/quantize.py). So for one
-or two activation rows `tinylm.model.Linear` and `tinylm.quantize.Int8Linear` run these; larger batches
-(a prompt's prefill, training) stay on PyTorch's kernels, which are faster there.
+bench/quantize.py). With more activation rows the float32 loop stays ahead of `F.linear` up to the 8 it
+takes (1.5-4x, all of a SmolLM2 token's products, 2 cores), the int8 one only up to 2 (it converts each
+weight again for every row; aten's kernel wins from 3 rows on). So `tinylm.model.Linear` runs these for up
+to 8 float32 rows (a batch or beams of up to 8, one token each) and `tinylm.quantize.Int8Linear` for up
+to 2; larger batches (a long prompt's prefill, training) stay on PyTorch's kernels, faster there.
 
 The library is compiled once per machine with the system C compiler (`cc -O3 -march=native -fopenmp`)
 into `$TINYLM_HOME/kernels/`, named by a hash of the source, the flags and the CPU's feature flags, and
@@ -44,8 +46,9 @@ FLAGS = [
     "-fno-signed-zeros",
     "-fno-trapping-math",
 ]
-MAX_ROWS = 2  # activation rows up to which the kernels beat PyTorch's on 2 cores
 MAX_M = 8  # the most rows the C code takes (its MAX_M)
+F32_ROWS = MAX_M  # activation rows up to which each kernel beats PyTorch's on 2 cores
+INT8_ROWS = 2
 
 _lib: dict[str, ctypes.CDLL | None] = {}
 
@@ -63,13 +66,13 @@ def ready() -> bool:
     return library() is not None
 
 
-def decoding(x: Tensor) -> bool:
-    """Whether x (..., K) is what the kernels are for: float32 on the CPU, at most MAX_ROWS rows, no
-    autograd (the kernels have no backward)."""
+def decoding(x: Tensor, max_rows: int) -> bool:
+    """Whether x (..., K) is what the kernels are for: float32 on the CPU, at most `max_rows` rows
+    (F32_ROWS or INT8_ROWS), no autograd (the kernels have no backward)."""
     return (
         x.is_cpu
         and x.dtype == torch.float32
-        and x.numel() <= MAX_ROWS * x.size(-1)
+        and x.numel() <= max_rows * x.size(-1)
         and not torch.is_grad_enabled()
         and ready()
     )

@@ -198,13 +198,13 @@ def split_segments(segment_ids: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state_dict), except when decoding on the CPU: one or two float32
-    rows without autograd run tinylm's bandwidth-bound kernel (`tinylm.cpu_kernels`), 2-2.5x F.linear
-    there. Training, prefill, GPUs and other dtypes take F.linear."""
+    """nn.Linear (same parameters, same state_dict), except when decoding on the CPU: up to 8 float32 rows
+    without autograd run tinylm's bandwidth-bound kernel (`tinylm.cpu_kernels`), 1.5-4x F.linear there.
+    Training, longer prefills, GPUs and other dtypes take F.linear."""
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
-        if w.dtype == torch.float32 and w.is_contiguous() and cpu_kernels.decoding(x):
+        if w.dtype == torch.float32 and w.is_contiguous() and cpu_kernels.decoding(x, cpu_kernels.F32_ROWS):
             y = cpu_kernels.f32_linear(x.reshape(-1, self.in_features), w)
             y = y.view(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias

@@ -62,18 +62,30 @@ def test_int8_kernel_equals_the_dequantized_product(M, N, K, eps):
 def test_model_linear_takes_the_kernel_only_for_decoding(spy):
     torch.manual_seed(0)
     layer = Linear(32, 24)
-    one, many = torch.randn(1, 1, 32), torch.randn(1, 3, 32)
+    one, eight, many = torch.randn(1, 1, 32), torch.randn(2, 4, 32), torch.randn(1, 9, 32)
     with torch.no_grad():
         got = layer(one)
         assert spy["f32"] == 1 and got.shape == (1, 1, 24)
         torch.testing.assert_close(got, F.linear(one, layer.weight, layer.bias))  # the bias is added too
-        layer(many)  # prefill: 3 rows
+        got = layer(eight)  # a batch or beams of 8, one token each
+        assert spy["f32"] == 2 and got.shape == (2, 4, 24)
+        torch.testing.assert_close(got, F.linear(eight, layer.weight, layer.bias))
+        layer(many)  # prefill: 9 rows
         layer.to(torch.bfloat16)(one.bfloat16())  # another dtype
     layer.float()(one)  # autograd on: training
     layer.weight = torch.nn.Parameter(torch.randn(32, 24).T)  # a transposed view: not contiguous
     with torch.no_grad():
         torch.testing.assert_close(layer(one), F.linear(one, layer.weight, layer.bias))
-    assert spy["f32"] == 1
+    assert spy["f32"] == 2
+
+
+@needs_kernels
+def test_int8_linear_takes_the_kernel_up_to_two_rows(spy):
+    torch.manual_seed(0)
+    layer = Int8Linear.from_linear(torch.nn.Linear(32, 24))
+    with torch.no_grad():
+        two, three = layer(torch.randn(2, 1, 32)), layer(torch.randn(3, 1, 32))  # aten's kernel from 3 on
+    assert spy["int8"] == 1 and two.shape == (2, 1, 24) and three.shape == (3, 1, 24)
 
 
 @needs_kernels
@@ -188,7 +200,7 @@ def test_without_a_compiler_pytorch_kernels_run(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu_kernels, "_lib", {})
     with pytest.warns(UserWarning, match="CPU kernels not built .*no-such-cc"):
         assert cpu_kernels.library() is None
-    assert not cpu_kernels.decoding(torch.zeros(1, 8))
+    assert not cpu_kernels.decoding(torch.zeros(1, 8), cpu_kernels.F32_ROWS)
     with torch.no_grad():
         layer = Linear(8, 4)
         torch.testing.assert_close(
@@ -199,7 +211,7 @@ def test_without_a_compiler_pytorch_kernels_run(monkeypatch, tmp_path):
 def test_the_switch_turns_the_kernels_off(monkeypatch):
     monkeypatch.setenv("TINYLM_CPU_KERNELS", "0")
     monkeypatch.setattr(cpu_kernels, "_lib", {})
-    assert cpu_kernels.library() is None and not cpu_kernels.decoding(torch.zeros(1, 8))
+    assert cpu_kernels.library() is None and not cpu_kernels.decoding(torch.zeros(1, 8), cpu_kernels.F32_ROWS)
 
 
 @needs_kernels

@@ -21,7 +21,6 @@ from tinylm.errors import CheckpointError, TinylmError
 from tinylm.generate.detok import TextStream
 from tinylm.generate.engine import Generated, generate_batch
 from tinylm.generate.sampling import SamplingParams
-from tinylm.model import GPT
 from tinylm.quantize import check_method
 from tinylm.quantize import quantize as quantize_model
 
@@ -232,11 +231,6 @@ class LM:
     def _beam(self, prompt_ids: list[int], opts: GenerationOptions, stop_ids: list[int]) -> Generated:
         from tinylm.generate.beam import beam_search
 
-        if not isinstance(self.model, GPT):
-            raise TinylmError(
-                f"num_beams={opts.num_beams}: beam search runs on tinylm's GPT and its KV cache; this "
-                f"{type(self.model).__name__} model decodes with num_beams=1 (greedy or sampling)"
-            )
         best, _score = beam_search(
             self.model,
             prompt_ids,

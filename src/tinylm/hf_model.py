@@ -14,9 +14,15 @@ Generation decodes through transformers' own KV cache: `new_cache()` gives an `H
 passes as it passes a GPT's static cache, so a prompt is read once and each new token costs one step, and
 prompts of different lengths share a left-padded batch (attention mask and position ids per row).
 
-What it does not do: tinylm's other fast paths do not apply: CUDA graphs, continuous batching
-(`tinylm serve`), beam search, packed rows, the memory estimate; int8 (`tinylm.quantize`) turns its
-nn.Linear layers only. transformers is imported inside the functions that need it, since it is slow to import.
+Beam search is transformers' own (`generate(num_beams=...)`, `HFCausalLM.beam_search`), which
+`tinylm.generate.beam_search` mirrors step for step on tinylm's GPT; the model's generation_config.json
+stays out of it, so the same arguments mean the same search on either model.
+
+`tinylm serve` runs it through `tinylm.generate.continuous.TurnBatcher`: each request has its own
+transformers cache and the running requests take their steps in turn.
+
+What it does not do: tinylm's other fast paths do not apply: CUDA graphs, batched serving (continuous
+batching), packed rows, the memory estimate; int8 (`tinylm.quantize`) turns its nn.Linear layers only. transformers is imported inside the functions that need it, since it is slow to import.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
 from tinylm.errors import CheckpointError, TinylmError
@@ -163,9 +170,50 @@ class HFCausalLM(nn.Module):
         model = cls(hf.float()).eval()
         log.warning(
             f"tinylm: {model.config.model_type} runs through transformers' AutoModelForCausalLM, not tinylm's "
-            "GPT: no CUDA graphs, continuous batching or beam search"
+            "GPT: no CUDA graphs or continuous batching"
         )
         return model
+
+    @torch.no_grad()
+    def beam_search(
+        self,
+        prompt: Sequence[int],
+        *,
+        num_beams: int,
+        max_new_tokens: int,
+        eos_ids: Sequence[int],
+        length_penalty: float,
+        early_stopping: bool | str,
+        num_return_sequences: int,
+    ) -> list[tuple[list[int], float]]:
+        """transformers' beam search for one prompt, as `tinylm.generate.beam_search` returns it: the best
+        hypotheses, best first, as (new token ids up to and including the first eos id, score)."""
+        from transformers import GenerationConfig
+
+        ids = torch.tensor([list(prompt)], device=next(self.parameters()).device)
+        eos = sorted(set(eos_ids))
+        config = GenerationConfig(
+            do_sample=False,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            num_return_sequences=num_return_sequences,
+            eos_token_id=eos or None,
+            pad_token_id=eos[0] if eos else 0,  # finished hypotheses are padded; cut at their eos below
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+        saved, self.hf.generation_config = self.hf.generation_config, GenerationConfig()
+        try:  # with the model's own defaults out of the way, transformers cannot fill in any of them
+            out = self.hf.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        finally:
+            self.hf.generation_config = saved
+        rows = []
+        for seq, score in zip(out.sequences[:, ids.size(1) :].tolist(), out.sequences_scores.tolist()):
+            end = next((i + 1 for i, t in enumerate(seq) if t in eos), len(seq))
+            rows.append((seq[:end], score))
+        return rows
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the weights in the Hugging Face layout: config.json, generation_config.json, model.safetensors."""

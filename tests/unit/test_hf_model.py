@@ -64,7 +64,7 @@ def test_load_stores_an_hf_checkpoint_and_says_it_runs_through_transformers(neo,
         again = load_checkpoint(ck)
     assert [r.getMessage() for r in caplog.records] == [
         "tinylm: gpt_neo runs through transformers' AutoModelForCausalLM, not tinylm's GPT: "
-        "no CUDA graphs, continuous batching or beam search"
+        "no CUDA graphs or continuous batching"
     ]
     ids = _ids(lm, PROMPTS[0])
     with torch.no_grad():
@@ -86,6 +86,18 @@ def test_greedy_tokens_equal_transformers_generate(neo):
     batched = [c.tokens for c in lm.complete(PROMPTS, raw=True, max_new_tokens=10)]
     assert alone == batched == expected
     assert lm.generate(PROMPTS, raw=True, max_new_tokens=10) == [lm.tokenizer.decode(t) for t in expected]
+
+
+def test_beam_search_equals_transformers_generate(neo):
+    _, lm, hf = neo
+    eos = lm.tokenizer.eos_id
+    for text in PROMPTS:
+        ids = _ids(lm, text)
+        out = hf.generate(ids, do_sample=False, num_beams=3, max_new_tokens=10, pad_token_id=eos)
+        expected = out[0, ids.size(1) :].tolist()
+        expected = expected[: expected.index(eos) + 1] if eos in expected else expected
+        got = lm.complete([text], raw=True, num_beams=3, max_new_tokens=10)[0]
+        assert got.tokens == expected and len(set(expected)) >= 3, expected
 
 
 def test_generation_reads_the_prompts_once_then_one_token_per_step(neo, monkeypatch):
@@ -137,8 +149,6 @@ def test_what_transformers_models_cannot_do_raises_clearly(neo, tmp_path):
         lm.model(idx, input_pos=torch.arange(idx.size(1)), cache=object())
     with pytest.raises(ValueError, match="packed rows"):
         lm.model(idx, segment_ids=torch.zeros_like(idx))
-    with pytest.raises(TinylmError, match="num_beams=2: beam search runs on tinylm's GPT"):
-        lm.generate("the cat", num_beams=2)
     with pytest.raises(TinylmError, match="the estimate models tinylm's GPT op by op"):
         resolve_subject(lm.checkpoint.path)
 

@@ -16,8 +16,10 @@ every row, each step feeds the `num_beams` running tokens, and the cache rows fo
   by `max_new_tokens ** length_penalty` when `early_stopping="never"` and length_penalty > 0.
 
 Tokens are kept as back-pointers (one small list per step) and spelled out only for the returned
-hypotheses, so no step costs more than the model call as the sequences grow. What this module does not do:
-sampling, logits processors, batches of prompts, or windows longer than the model's context.
+hypotheses, so no step costs more than the model call as the sequences grow. A model that runs through
+transformers (`HFCausalLM`) gets transformers' own beam search, with the same arguments and result. What this
+module does not do: sampling, logits processors, batches of prompts, or windows longer than the model's
+context.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tinylm.hf_model import HFCausalLM
 from tinylm.model import GPT, KVCache
 
 _MASKED = -1.0e9  # the score transformers adds to rule a candidate out, kept for identical arithmetic
@@ -44,7 +47,7 @@ class _Finished:
 
 @torch.no_grad()
 def beam_search(
-    model: GPT,
+    model: GPT | HFCausalLM,
     prompt: Sequence[int],
     *,
     num_beams: int,
@@ -62,6 +65,16 @@ def beam_search(
     is: call `model.eval()` first to turn dropout off.
     """
     _check_args(model, prompt, num_beams, max_new_tokens, eos_ids, early_stopping, num_return_sequences)
+    if isinstance(model, HFCausalLM):  # a model tinylm does not convert: transformers' own beam search
+        return model.beam_search(
+            prompt,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            eos_ids=eos_ids,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            num_return_sequences=num_return_sequences,
+        )
     device = model.wte.weight.device
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
     n_keep = max(2, 1 + len(eos_ids)) * num_beams  # K, as transformers counts eos ids
@@ -94,7 +107,7 @@ def beam_search(
 
 
 def _check_args(
-    model: GPT,
+    model: GPT | HFCausalLM,
     prompt: Sequence[int],
     num_beams: int,
     max_new_tokens: int,

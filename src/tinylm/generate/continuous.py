@@ -12,6 +12,10 @@ its positions count from start_r, so each row decodes as it would alone (`genera
 When the cursor reaches the end of the cache, or a joining prompt is longer than the slots before the
 cursor, the live slots of all rows move together (one copy per layer) to where the longest row needs them.
 
+Models run through transformers (`HFCausalLM`) have no static cache to share: `TurnBatcher` gives each
+running request its own transformers cache and steps the rows one after another (the same requests,
+events, sampling and cancelling, without the batching speed-up). `batcher_for(model)` picks the class.
+
 This module sees token ids only: templates, text stop strings and HTTP belong to `tinylm.serve`. It does
 not queue by priority, preempt or split long prompts: requests join in arrival order, each prompt is
 prefilled in one pass, and a request runs to its end or its cancellation.
@@ -33,6 +37,7 @@ import torch
 from torch import Tensor
 
 from tinylm.generate.sampling import PAD, SamplingParams, choose, process_logits
+from tinylm.hf_model import HFCausalLM
 from tinylm.model import GPT
 
 log = logging.getLogger(__name__)
@@ -120,8 +125,11 @@ class Batcher:
     """The scheduler: `submit` requests from any thread; a background thread decodes them together."""
 
     def __init__(self, model: GPT, *, max_batch: int = 8, max_len: int | None = None):
-        if not isinstance(model, GPT):
-            raise TypeError(f"continuous batching needs a GPT with a KV cache, found {type(model).__name__}")
+        if not isinstance(model, self._model_type()):
+            kind = self._model_type().__name__
+            raise TypeError(
+                f"{type(self).__name__} needs a {kind} with a KV cache, found {type(model).__name__}"
+            )
         block = model.config.block_size
         assert max_batch >= 1, f"max_batch must be >= 1, got {max_batch}"
         assert max_len is None or 2 <= max_len <= block, f"max_len must be in 2..{block}, got {max_len}"
@@ -133,7 +141,7 @@ class Batcher:
         self.at = 0  # the cursor: the slot every row writes at the next step
         self.finished: Counter[str] = Counter()  # jobs ended, by reason
         self.steps = 0
-        self._cache = model.new_cache(max_batch, self.max_len)
+        self._cache = self._new_cache()
         self._slots = torch.arange(self.max_len, device=self.device)
         self._ids = torch.full((max_batch, self.max_len), PAD, device=self.device)  # each row's ids, in order
         self._pending: deque[Job] = deque()
@@ -141,6 +149,13 @@ class Batcher:
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _model_type() -> type:
+        return GPT
+
+    def _new_cache(self) -> Any:
+        return self.model.new_cache(self.max_batch, self.max_len)
 
     # -- the client side ----------------------------------------------------------------------------
     def submit(self, request: Request, sink: Sink | None = None) -> Job:
@@ -392,3 +407,52 @@ class Batcher:
     def _finish(self, job: Job, reason: str, error: str | None = None) -> None:
         self.finished[reason] += 1
         job.emit(Finished(reason, error))  # type: ignore[arg-type]
+
+
+class TurnBatcher(Batcher):
+    """The scheduler for a model run through transformers: each running request holds its own
+    transformers cache (prompt read once, then one token per step), and the rows take their steps in turn."""
+
+    @staticmethod
+    def _model_type() -> type:
+        return HFCausalLM
+
+    def _new_cache(self) -> Any:
+        self._caches: list[Any] = [None] * self.max_batch
+        return None
+
+    def _admit(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self._prefill(self.rows.index(None), job)
+
+    def _prefill(self, r: int, job: Job) -> None:
+        prompt = list(job.request.prompt)
+        n = len(prompt)
+        self._caches[r] = self.model.new_cache(1, n + job.request.max_new_tokens)
+        ids = torch.tensor([prompt], device=self.device)  # (1, n)
+        logits = self.model(ids, input_pos=self._slots[:n], cache=self._caches[r])[:, -1]  # (1, V)
+        seed = job.request.seed
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        self._ids[r, :n] = ids[0]
+        self.rows[r] = _Row(job, 0, n_prompt=n, length=n, generator=generator)
+        self._sample([r], logits)
+
+    def _step(self) -> None:
+        for r in self._running():
+            row = self.rows[r]
+            at = row.length - 1  # the slot of the newest token
+            token = torch.tensor([[row.last]], device=self.device)
+            logits = self.model(token, input_pos=self._slots[at : at + 1], cache=self._caches[r])[:, -1]
+            self._sample([r], logits)
+        self.steps += 1
+
+    def _free(self, r: int, reason: str, error: str | None = None) -> None:
+        self._caches[r] = None
+        super()._free(r, reason, error)
+
+
+def batcher_for(model: GPT | HFCausalLM, *, max_batch: int = 8, max_len: int | None = None) -> Batcher:
+    """A `Batcher` for tinylm's GPT (one batch over a shared static cache), a `TurnBatcher` for a model run
+    through transformers."""
+    kind = TurnBatcher if isinstance(model, HFCausalLM) else Batcher
+    return kind(model, max_batch=max_batch, max_len=max_len)

@@ -19,7 +19,6 @@ import torch
 from fastapi import FastAPI
 
 from tinylm.errors import TinylmError
-from tinylm.model import GPT
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -51,11 +50,6 @@ def serve(
 
         retriever = rag_retriever(rag)
     lm = load(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if not isinstance(lm.model, GPT):
-        raise TinylmError(
-            f"{model}: tinylm serve batches requests through the KV cache of tinylm's GPT, which this "
-            f"{type(lm.model).__name__} model lacks; use tinylm generate / chat or tinylm.load() instead"
-        )
     block = lm.config.block_size
     if max_len is not None and not 2 <= max_len <= block:
         raise TinylmError(f"--max-len: expected 2..{block} (the model's context window), found {max_len}")

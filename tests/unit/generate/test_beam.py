@@ -4,6 +4,7 @@ The weights are copied into tinylm's GPT here, by a small helper (the converter 
 the logits are checked first; then the hypotheses, their order and their scores must match.
 """
 
+import copy
 import functools
 import itertools
 
@@ -13,6 +14,7 @@ import transformers
 
 from tinylm.convert import hf_to_tinylm
 from tinylm.generate.beam import beam_search
+from tinylm.hf_model import HFCausalLM
 from tinylm.model import GPT
 
 SEEDS = (2, 3)
@@ -152,6 +154,24 @@ def test_negative_length_penalty_matches_transformers(early_stopping):
         kw = dict(num_beams=2, length_penalty=-0.5, early_stopping=early_stopping, num_return_sequences=2)
         ours = beam_search(gpt, prompt, max_new_tokens=MAX_NEW, eos_ids=[eos], **kw)
         _assert_same(ours, _hf_beams(hf, prompt, eos, **kw), eos)
+
+
+def test_a_model_run_through_transformers_gets_the_same_search():
+    """HFCausalLM (an architecture tinylm does not convert) runs transformers' beam search: the same
+    hypotheses and scores as tinylm's on the same weights, and the wrapped model's generation_config.json
+    (here a repetition penalty and a minimum length) does not leak into it."""
+    ended_early = 0
+    for (hf, gpt, prompt, eos), early_stopping in itertools.product(_cases(), (False, "never")):
+        wrapped = HFCausalLM(copy.deepcopy(hf))
+        wrapped.hf.generation_config.repetition_penalty = 5.0
+        wrapped.hf.generation_config.min_new_tokens = MAX_NEW
+        kw = dict(num_beams=3, length_penalty=2.0, early_stopping=early_stopping, num_return_sequences=2)
+        ours = beam_search(gpt, prompt, max_new_tokens=MAX_NEW, eos_ids=[eos], **kw)
+        theirs = beam_search(wrapped, prompt, max_new_tokens=MAX_NEW, eos_ids=[eos], **kw)
+        _assert_same(theirs, ours, eos)
+        ended_early += sum(len(ids) < MAX_NEW for ids, _ in theirs)
+        assert wrapped.hf.generation_config.repetition_penalty == 5.0  # restored afterwards
+    assert ended_early > 0, "no hypothesis ended on eos: the cases no longer exercise the cut at eos"
 
 
 def test_early_stopping_modes_change_the_search():

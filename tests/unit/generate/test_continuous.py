@@ -7,9 +7,10 @@ import time
 import pytest
 import torch
 
-from tinylm.generate.continuous import Batcher, Finished, Request, Token
+from tinylm.generate.continuous import Batcher, Finished, Request, Token, TurnBatcher, batcher_for
 from tinylm.generate.engine import generate_batch
 from tinylm.generate.sampling import SamplingParams
+from tinylm.hf_model import HFCausalLM
 from tinylm.model import GPTConfig, build_model
 
 
@@ -176,5 +177,46 @@ def test_bad_requests_are_refused_and_calls_run_on_the_thread():
         assert batcher.call(threading.current_thread).result(timeout=30).name == "tinylm-batcher"
         with pytest.raises(ZeroDivisionError):
             batcher.call(lambda: 1 / 0).result(timeout=30)
-    with pytest.raises(TypeError, match="GPT with a KV cache"):
+    with pytest.raises(TypeError, match="Batcher needs a GPT with a KV cache, found GRU"):
         Batcher(build_model(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_embd=8, kind="gru")))
+
+
+def _hf_model():
+    """A tiny random Llama run through transformers (HFCausalLM), as a model tinylm does not convert is."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=48,
+                                      initializer_range=0.5)  # fmt: skip
+    return HFCausalLM(transformers.LlamaForCausalLM(config)).eval()
+
+
+def test_a_transformers_model_takes_turns_and_each_request_decodes_as_alone():
+    model = _hf_model()
+    assert isinstance(batcher_for(model), TurnBatcher) and type(batcher_for(_model())) is Batcher
+    stop = _alone(model, PROMPTS[0], Request(tuple(PROMPTS[0]), 20)).tokens[6]  # ends some rows early
+    sampled = SamplingParams(temperature=0.8, top_k=20)
+    requests = [Request(tuple(p), 30 - len(p), stop_ids=(stop,)) for p in PROMPTS]
+    requests += [Request(tuple(p), 10, params=sampled, seed=i) for i, p in enumerate(PROMPTS)]
+    with TurnBatcher(model, max_batch=3) as batcher:
+        results = _staggered(batcher, requests)
+        assert batcher.stats()["running"] == 0 and not any(batcher._caches)  # every cache let go
+    reasons = set()
+    for request, (tokens, logprobs, reason) in zip(requests, results):
+        want = _alone(model, list(request.prompt), request)
+        assert (tokens, reason) == (want.tokens, want.finish_reason)
+        torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(want.logprobs), atol=1e-4, rtol=0)
+        reasons.add(reason)
+    assert reasons == {"stop", "length"}
+    with TurnBatcher(model, max_batch=1) as batcher:  # a cancelled request frees its row at once
+        first = batcher.submit(Request(tuple(PROMPTS[0]), 40))
+        second = batcher.submit(Request(tuple(PROMPTS[1]), 3))
+        events = first.events(timeout=30)
+        assert isinstance(next(events), Token)
+        first.cancel()
+        assert list(events)[-1] == Finished("cancelled")
+        tokens, _, reason = _tokens(second)
+        assert reason == "length" and len(tokens) == 3 and batcher.finished["cancelled"] == 1
+    with pytest.raises(TypeError, match="TurnBatcher needs a HFCausalLM with a KV cache, found GPT"):
+        TurnBatcher(_model())

@@ -347,3 +347,25 @@ def test_rag_puts_retrieved_context_into_the_question(checkpoint):
     )
     assert on.choices[0].message.content == lm.generate(grounded, max_new_tokens=4)
     assert off.choices[0].message.content == lm.generate(MESSAGES, max_new_tokens=4)
+
+
+def test_a_model_run_through_transformers_is_served(tmp_path, monkeypatch):
+    """A GPT-Neo (which tinylm does not convert) is served by a TurnBatcher: the same replies as the Python
+    API, streamed or not, for clients at once."""
+    from tests.unit.tiny_hf import save_tiny_gpt_neo
+    from tinylm.generate.continuous import TurnBatcher
+
+    monkeypatch.setenv("TINYLM_HOME", str(tmp_path / "home"))
+    lm = load(save_tiny_gpt_neo(tmp_path / "neo"))
+    app = create_app(lm, model_name="neo", max_batch=2)
+    assert isinstance(app.state.server.batcher, TurnBatcher)
+    prompts = ["the cat sat on", "a dog", "the bird"]
+    want = [lm.complete([p], raw=True, max_new_tokens=8)[0] for p in prompts]
+    with running(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        many = client.completions.create(model="neo", prompt=prompts, max_tokens=8)  # 3 requests, 2 rows
+        assert [c.text for c in many.choices] == [w.text for w in want]
+        assert [c.finish_reason for c in many.choices] == [w.finish_reason for w in want]
+        stream = client.completions.create(model="neo", prompt=prompts[0], max_tokens=8, stream=True)
+        assert "".join(c.choices[0].text for c in stream) == want[0].text
+    assert len({w.text for w in want}) == 3 and all(w.text for w in want)

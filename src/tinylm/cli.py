@@ -106,6 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_batch=args.max_batch,
         max_len=args.max_len,
         device=args.device,
+        quantize=args.quantize,
     )
 
 
@@ -140,6 +141,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        quantize=args.quantize,
     )
 
 
@@ -286,6 +288,15 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     show(tokenized, Console())
 
 
+def _quantize_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: weight-only int8 weights, ~4x less memory and faster decoding (default: none)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinylm", description="Train, run and serve small language models.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
@@ -338,12 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", nargs="+", help="stop strings (default: the checkpoint's)")
     p.add_argument("--stop-token-ids", type=int, nargs="+")
     p.add_argument("--seed", type=int)
-    p.add_argument(
-        "--quantize",
-        choices=["none", "int8"],
-        default="none",
-        help="int8: weight-only int8 weights, ~4x less memory and faster decoding (default: none)",
-    )
+    _quantize_flag(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("models", help="list the pretrained models tinylm can load offline")
@@ -365,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (slots)")
     p.add_argument("--max-len", type=int, help="context window served (default: the model's, at most 2048)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    _quantize_flag(p)
     p.set_defaults(func=cmd_serve)
 
     from tinylm.chat.memory import DEFAULT_STRATEGY, STRATEGIES
@@ -386,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--rag", type=Path, metavar="DB", help="answer from a tinylm.rag index (needs tinylm.rag)")
+    _quantize_flag(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("tokenizer", help="tokenizer tools")

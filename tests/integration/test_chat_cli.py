@@ -97,3 +97,18 @@ def test_bad_input_is_a_clear_error_without_traceback(tmp_path, capsys):
     assert "expected a MODEL" in capsys.readouterr().err
     assert main(["chat", str(tmp_path / "missing" / "ck"), "--session", "bad id"]) == 2
     assert "session id: expected" in capsys.readouterr().err
+
+
+def test_quantize_reaches_the_model_load(tmp_path, monkeypatch):
+    import tinylm.api
+    from tinylm.errors import TinylmError
+
+    asked = []
+
+    def fake_load(model, **kw):
+        asked.append((model, kw))
+        raise TinylmError("stopped after the load call")
+
+    monkeypatch.setattr(tinylm.api, "load", fake_load)
+    assert main(["chat", "some-model", "--db", str(tmp_path / "c.sqlite"), "--quantize", "int8"]) == 2
+    assert asked == [("some-model", {"quantize": "int8"})]

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 from tests.unit.serve.conftest import tiny_checkpoint
+from tinylm import load
 from tinylm.errors import TinylmError
 from tinylm.serve import serve
 
@@ -33,6 +34,7 @@ def test_serve_answers_the_openai_client_and_stops_on_ctrl_c(checkpoint):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1", "TINYLM_API_KEY": "k3y"}
     args = ["serve", str(checkpoint), "--port", str(port), "--max-batch", "2", "--max-len", "256"]
+    args += ["--quantize", "int8"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "tinylm.cli", *args], env=env, stderr=subprocess.PIPE, text=True, cwd=REPO
     )
@@ -49,10 +51,16 @@ def test_serve_answers_the_openai_client_and_stops_on_ctrl_c(checkpoint):
                 time.sleep(0.2)
         assert health["context_length"] == 256 and health["max_batch"] == 2
         client = openai.OpenAI(base_url=url + "/v1", api_key="k3y", max_retries=0)
+        messages = [{"role": "user", "content": "hi"}]
         reply = client.chat.completions.create(
-            model=str(checkpoint), messages=[{"role": "user", "content": "hi"}], max_tokens=5
+            model=str(checkpoint), messages=messages, max_tokens=5, logprobs=True
         )
         assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 5
+        served = [t.logprob for t in reply.choices[0].logprobs.content]  # the int8 weights' log-probabilities
+        int8, fp32 = (load(checkpoint, quantize=q).complete([messages], chat=True, max_new_tokens=5, logprobs=True)[0]
+                      for q in ("int8", "none"))  # fmt: skip
+        assert served == pytest.approx(int8.logprobs, abs=1e-4)
+        assert max(abs(a - b) for a, b in zip(served, fp32.logprobs)) > 1e-3
         with pytest.raises(openai.AuthenticationError):  # the key came from $TINYLM_API_KEY
             openai.OpenAI(base_url=url + "/v1", api_key="other", max_retries=0).models.list()
     finally:

@@ -198,15 +198,17 @@ def run_chat(
     stdin: TextIO = sys.stdin,
     stdout: TextIO = sys.stdout,
     stderr: TextIO = sys.stderr,
+    quantize: str = "none",
     **options: Any,
 ) -> str:
-    """Chat with `model` over stdin/stdout, stored in `db` under `session` (new if absent); the session id."""
+    """Chat with `model` over stdin/stdout, stored in `db` under `session` (new if absent); the session id.
+    quantize="int8" loads weight-only int8 weights (`tinylm.quantize`)."""
     from tinylm.api import load
 
     check_strategy(strategy)
     session_id = check_session_id(session) if session else new_session_id()
     retrieve = rag_retriever(rag) if rag is not None else None
-    lm = load(model)
+    lm = load(model, quantize=quantize)
     with ChatStore(db or default_db_path()) as store:
         resumed = store.session(session_id) is not None
         chat = Chat(

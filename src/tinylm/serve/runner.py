@@ -33,8 +33,10 @@ def serve(
     max_batch: int = 8,
     max_len: int | None = None,
     device: str | None = None,
+    quantize: str = "none",
 ) -> None:
-    """Serve `model` (a checkpoint dir, a model name or an HF dir) until interrupted."""
+    """Serve `model` (a checkpoint dir, a model name or an HF dir) until interrupted; quantize="int8"
+    serves weight-only int8 weights (`tinylm.quantize`)."""
     import uvicorn
 
     from tinylm.api import load
@@ -49,7 +51,7 @@ def serve(
         from tinylm.chat.session import rag_retriever
 
         retriever = rag_retriever(rag)
-    lm = load(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    lm = load(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"), quantize=quantize)
     block = lm.config.block_size
     if max_len is not None and not 2 <= max_len <= block:
         raise TinylmError(f"--max-len: expected 2..{block} (the model's context window), found {max_len}")

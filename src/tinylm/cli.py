@@ -92,6 +92,13 @@ def cmd_embed(args: argparse.Namespace) -> None:
         print(f"{text!r}: dim {vec.numel()}, norm {vec.norm():.4f}, [{head} ...]")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from tinylm.convert import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out_dir, tokenizer=not args.no_tokenizer)
+    print(f"wrote {out}: load it with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r})")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
@@ -355,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the pretrained models tinylm can load offline")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser(
+        "export", help="write a checkpoint as a Hugging Face model directory (save_pretrained)"
+    )
+    p.add_argument("checkpoint", help="a checkpoint dir, a run's last/best link or a model name")
+    p.add_argument("out_dir", type=Path, help="a new directory (an existing one must be empty)")
+    p.add_argument("--no-tokenizer", action="store_true", help="the weights and config.json alone")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("embed", help="embed texts with a checkpoint or a pretrained model")
     p.add_argument("model")
     p.add_argument("texts", nargs="+")
@@ -445,7 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device-memory", help="for the largest batch that fits, e.g. 80GiB (default: this machine's)"
     )
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override config keys"
+    )
     p.add_argument("--json", action="store_true", help="print the estimates as JSON")
     p.set_defaults(func=cmd_estimate_memory)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from torch import Tensor
 
 from tinylm.checkpoint import META_FILE, read_meta, save_checkpoint
 from tinylm.errors import TinylmError
-from tinylm.hf_model import HFCausalLM, check_causal_lm
+from tinylm.hf_model import HFCausalLM, check_causal_lm, no_progress_bars
 from tinylm.model import GPT, GPTConfig
 from tinylm.tokenizers import BPETokenizer, HFTokenizer, Tokenizer
 
@@ -382,9 +383,44 @@ def export_hf(
         f"missing {missing}, unexpected {unexpected}"
     )
     out_dir = Path(out_dir)
-    hf_model.save_pretrained(out_dir)
+    with no_progress_bars():
+        hf_model.save_pretrained(out_dir)
     if hf_tokenizer is not None:
         hf_tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: bool = True) -> Path:
+    """`tinylm export`: a checkpoint (a directory, a run's `last`/`best` link or a model name) -> a new
+    Hugging Face model directory at `out_dir` that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained`
+    read. A GPT goes through `export_hf`; a model run through transformers is saved as it is. Written into
+    a temporary sibling first, then renamed; an `out_dir` that exists and holds files is refused."""
+    from tinylm.api import load
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise TinylmError(f"{out_dir}: already exists and is not an empty directory; export into a new one")
+    lm = load(source)
+    if tokenizer and not isinstance(lm.tokenizer, BPETokenizer | HFTokenizer):
+        raise TinylmError(
+            f"{source}: its {lm.tokenizer.kind!r} tokenizer has no Hugging Face equivalent (only 'bpe' and 'hf' "
+            "tokenizers export); pass --no-tokenizer to export the weights alone"
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    try:
+        if isinstance(lm.model, HFCausalLM):
+            lm.model.save_pretrained(tmp)
+            if tokenizer:
+                _hf_tokenizer(lm.tokenizer).save_pretrained(tmp)
+        else:
+            export_hf(lm.model, lm.config, tmp, tokenizer=lm.tokenizer if tokenizer else None)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return out_dir
 
 
@@ -419,7 +455,8 @@ def _load_hf(source: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
         hf_config = AutoConfig.from_pretrained(directory, **kwargs)
         check_causal_lm(hf_config, source)  # what is no causal LM fails before its weights load
-        hf_model = AutoModelForCausalLM.from_pretrained(directory, config=hf_config, **kwargs)
+        with no_progress_bars():
+            hf_model = AutoModelForCausalLM.from_pretrained(directory, config=hf_config, **kwargs)
         hf_tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
     except (OSError, ValueError, ImportError) as e:
         raise TinylmError(f"could not load a Hugging Face model from {source}: {e}") from e

@@ -163,7 +163,7 @@ class HFCausalLM(nn.Module):
         from transformers import AutoModelForCausalLM
 
         try:
-            with _no_progress_bars():
+            with no_progress_bars():
                 hf = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{path}: could not load the transformers model: {e}") from e
@@ -217,12 +217,12 @@ class HFCausalLM(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the weights in the Hugging Face layout: config.json, generation_config.json, model.safetensors."""
-        with _no_progress_bars():
+        with no_progress_bars():
             self.hf.save_pretrained(str(directory))
 
 
 @contextmanager
-def _no_progress_bars() -> Iterator[None]:
+def no_progress_bars() -> Iterator[None]:
     """transformers' "Loading weights" / "Writing model shards" bars, off: on every command they are noise."""
     from transformers.utils import logging as hf_logging
 

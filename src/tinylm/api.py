@@ -105,9 +105,9 @@ class LM:
         """Generate for a batch of prompts (left-padded, each stopping on its own); full accounting."""
         opts, params = self.resolve_options(options)
         laid_out = [self.render_prompt(p, chat=chat, raw=raw) for p in prompts]
-        ids = [
-            self.encode(text)[-(opts.max_prompt_tokens or self.config.block_size) :] for text, _ in laid_out
-        ]
+        room = self._prompt_room(opts)
+        keep = min(opts.max_prompt_tokens or room, room)
+        ids = [self.encode(text)[-keep:] for text, _ in laid_out]
         stop_ids = self.stop_token_ids(opts)
         if opts.num_beams > 1:
             rows = [self._beam(i, opts, stop_ids) for i in ids]
@@ -220,6 +220,19 @@ class LM:
         if self.tokenizer.bos_id is not None and getattr(self.tokenizer, "kind", "") == "hf" and not ids:
             ids = [self.tokenizer.bos_id]
         return ids or [self.tokenizer.eos_id]
+
+    def _prompt_room(self, opts: GenerationOptions) -> int:
+        """How many prompt tokens (the last ones) a request keeps: the context window; with beams, what the
+        window leaves beside max_new_tokens, since beam search does not slide the window."""
+        block = self.config.block_size
+        if opts.num_beams == 1:
+            return block
+        if opts.max_new_tokens >= block:
+            raise TinylmError(
+                f"num_beams={opts.num_beams}: max_new_tokens={opts.max_new_tokens} leaves no room for a prompt "
+                f"in the {block}-token context window; ask for at most {block - 1} new tokens"
+            )
+        return block - opts.max_new_tokens + 1
 
     def stop_token_ids(self, opts: GenerationOptions) -> list[int]:
         """The end-of-sequence id and the request's stop_token_ids, sorted."""

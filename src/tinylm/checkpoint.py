@@ -79,8 +79,8 @@ def save_checkpoint(
         (tmp / "config.yaml").write_text(run_config)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / STATE_FILE)
-    _fsync_tree(tmp)
-    _replace_dir(tmp, directory)
+    fsync_tree(tmp)
+    replace_dir(tmp, directory)
     return directory
 
 
@@ -211,7 +211,8 @@ def _target(link: Path) -> str | None:
     return os.readlink(link) if link.is_symlink() else None
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
+    """Put directory `src` at `dst` by renames (an old `dst` is moved aside first, then removed)."""
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         os.replace(dst, old)
@@ -221,7 +222,8 @@ def _replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def _fsync_tree(directory: Path) -> None:
+def fsync_tree(directory: Path) -> None:
+    """Flush every file under `directory` to disk (before the rename that publishes it)."""
     for f in directory.rglob("*"):
         if f.is_file():
             with open(f, "rb") as fh:

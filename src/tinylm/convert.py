@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from tinylm.checkpoint import META_FILE, read_meta, save_checkpoint
+from tinylm.checkpoint import META_FILE, fsync_tree, read_meta, replace_dir, save_checkpoint
 from tinylm.errors import TinylmError
 from tinylm.hf_model import HFCausalLM, check_causal_lm, no_progress_bars
 from tinylm.model import GPT, GPTConfig
@@ -395,20 +395,22 @@ def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: boo
     """`tinylm export`: a checkpoint (a directory, a run's `last`/`best` link or a model name) -> a new
     Hugging Face model directory at `out_dir` that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained`
     read. A GPT goes through `export_hf`; a model run through transformers is saved as it is. Written into
-    a temporary sibling first, then renamed; an `out_dir` that exists and holds files is refused."""
+    a temporary sibling, flushed, then renamed into place; `out_dir` must be new or an empty directory (not a
+    link, not the current directory or one above it), so nothing already there is lost."""
     from tinylm.api import load
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise TinylmError(f"{out_dir}: already exists and is not an empty directory; export into a new one")
+    out = _new_dir(Path(out_dir))
     lm = load(source)
     if tokenizer and not isinstance(lm.tokenizer, BPETokenizer | HFTokenizer):
         raise TinylmError(
             f"{source}: its {lm.tokenizer.kind!r} tokenizer has no Hugging Face equivalent (only 'bpe' and 'hf' "
             "tokenizers export); pass --no-tokenizer to export the weights alone"
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    if isinstance(lm.model, GPT):
+        _export_type(lm.config)  # a config that does not map fails before anything is written
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier run that was killed
     try:
         if isinstance(lm.model, HFCausalLM):
             lm.model.save_pretrained(tmp)
@@ -416,13 +418,23 @@ def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: boo
                 _hf_tokenizer(lm.tokenizer).save_pretrained(tmp)
         else:
             export_hf(lm.model, lm.config, tmp, tokenizer=lm.tokenizer if tokenizer else None)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        tmp.rename(out_dir)
+        fsync_tree(tmp)
+        replace_dir(tmp, out)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out_dir
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _new_dir(out_dir: Path) -> Path:
+    """`out_dir` as an absolute path, if it may receive an export; else a TinylmError saying why not."""
+    out = Path(os.path.abspath(out_dir))  # `..` and `.` resolved by name, links kept as they are
+    if out_dir.is_symlink():
+        raise TinylmError(f"{out_dir}: is a symbolic link; export into a new directory")
+    if out == Path.cwd() or out in Path.cwd().parents:
+        raise TinylmError(f"{out_dir}: is the current directory or one above it; export into a new directory")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TinylmError(f"{out_dir}: already exists and is not an empty directory; export into a new one")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -18,11 +18,12 @@ Beam search is transformers' own (`generate(num_beams=...)`, `HFCausalLM.beam_se
 `tinylm.generate.beam_search` mirrors step for step on tinylm's GPT; the model's generation_config.json
 stays out of it, so the same arguments mean the same search on either model.
 
-`tinylm serve` runs it through `tinylm.generate.continuous.TurnBatcher`: each request has its own
-transformers cache and the running requests take their steps in turn.
+`tinylm serve` runs it with the `CachePerRequest` layout of `tinylm.generate.continuous`: each request has
+its own transformers cache and the running requests take their steps in turn.
 
 What it does not do: tinylm's other fast paths do not apply: CUDA graphs, batched serving (continuous
-batching), packed rows, the memory estimate; int8 (`tinylm.quantize`) turns its nn.Linear layers only. transformers is imported inside the functions that need it, since it is slow to import.
+batching), packed rows, the memory estimate; int8 (`tinylm.quantize`) turns its nn.Linear layers only.
+transformers is imported inside the functions that need it, since it is slow to import.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
 log = logging.getLogger(__name__)
+_SWAPPING = threading.Lock()  # held while `beam_search` has a model's generation_config swapped out
 KIND = "hf"  # tinylm.json's model kind for these checkpoints
 
 
@@ -204,14 +207,20 @@ class HFCausalLM(nn.Module):
             return_dict_in_generate=True,
             output_scores=True,
         )
-        saved, self.hf.generation_config = self.hf.generation_config, GenerationConfig()
-        try:  # with the model's own defaults out of the way, transformers cannot fill in any of them
-            out = self.hf.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
-        finally:
-            self.hf.generation_config = saved
+        with _SWAPPING:  # one thread at a time swaps a model's config out and back
+            saved, self.hf.generation_config = self.hf.generation_config, GenerationConfig()
+            try:  # with the model's own defaults out of the way, transformers cannot fill in any of them
+                out = self.hf.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+            finally:
+                self.hf.generation_config = saved
         rows = []
-        for seq, score in zip(out.sequences[:, ids.size(1) :].tolist(), out.sequences_scores.tolist()):
-            end = next((i + 1 for i, t in enumerate(seq) if t in eos), len(seq))
+        for i, seq in enumerate(out.sequences[:, ids.size(1) :].tolist()):
+            end = next((j + 1 for j, t in enumerate(seq) if t in eos), len(seq))
+            if num_beams > 1:
+                score = out.sequences_scores[i].item()
+            else:  # one beam is greedy search, which reports the logits of each step, not a score
+                chosen = [s[0].float().log_softmax(-1)[t].item() for s, t in zip(out.scores, seq[:end])]
+                score = sum(chosen) / end**length_penalty
             rows.append((seq[:end], score))
         return rows
 

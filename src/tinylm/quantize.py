@@ -11,7 +11,9 @@ The product runs on PyTorch's own weight-only int8 kernel `aten._weight_int8pack
 accumulator. The CPU kernel is fast only for bfloat16 activations, so on the CPU a float32 model's
 activations are cast to bfloat16 for the product and the result back to float32. Where the kernel is
 missing the weights are dequantized for each product instead (correct, not faster). Decoding on the CPU
-(float32, one or two rows) runs tinylm's own kernel instead, 1.5-1.7x as fast (`tinylm.cpu_kernels`).
+(float32, one or two rows) runs tinylm's own kernel instead, 1.5-1.7x as fast (`tinylm.cpu_kernels`), with
+float32 activations; so on the CPU a row's logits can move by ~0.2% with the number of rows decoded beside
+it (1-2 rows against 3 or more, e.g. in `tinylm serve`), which can flip a near-tie.
 
 A tied `lm_head` (SmolLM2: 49152 x 576, a fifth of the model) shares one int8 table with the token
 embedding: the table's rows are the embedding vectors, so the per-output-channel scales of `lm_head` are

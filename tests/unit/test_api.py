@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from tinylm import load
 from tinylm.checkpoint import save_checkpoint
+from tinylm.errors import TinylmError
 from tinylm.model import GPTConfig, build_model
 from tinylm.tokenizers import train_tokenizer
 
@@ -108,6 +110,19 @@ def test_beam_search_through_the_api(tmp_path):
     done = lm.complete(["héllo"], num_beams=3, max_new_tokens=6)[0]
     assert done.tokens == best
     assert done.text == lm.tokenizer.decode([t for t in best if t != lm.tokenizer.eos_id], skip_special=True)
+
+    block = lm.config.block_size  # a prompt longer than the window leaves beside the new tokens: its end
+    long = lm.tokenizer.encode("héllo wörld " * 40)
+    assert len(long) > block
+    done = lm.complete(["héllo wörld " * 40], raw=True, num_beams=2, max_new_tokens=8)[0]
+    assert done.prompt_tokens == block - 7
+    kept = long[-(block - 7) :]
+    assert (
+        done.tokens
+        == beam_search(lm.model, kept, num_beams=2, max_new_tokens=8, eos_ids=[lm.tokenizer.eos_id])[0][0]
+    )
+    with pytest.raises(TinylmError, match=f"num_beams=2: max_new_tokens={block} leaves no room for a prompt"):
+        lm.complete(["héllo"], num_beams=2, max_new_tokens=block)
 
 
 def test_a_model_trained_on_the_chat_layout_is_prompted_with_it(tmp_path):

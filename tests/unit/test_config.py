@@ -72,7 +72,7 @@ def test_overrides_apply_and_parse_yaml_values(tmp_path, qa_file):
 
 
 def test_set_options_can_be_repeated():
-    for command in ("train", "test"):
+    for command in ("train", "test", "inspect-data", "estimate-memory"):
         args = build_parser().parse_args([command, "c.yaml", "--set", "a=1", "b=2", "--set", "c=3"])
         assert args.set == ["a=1", "b=2", "c=3"]
 

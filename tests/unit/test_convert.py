@@ -209,7 +209,7 @@ def test_export_names_the_blocking_fields(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_export_command_writes_a_new_hf_directory(tmp_path, capsys):
+def test_export_command_writes_a_new_hf_directory(tmp_path, capsys, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = train_tokenizer("bpe", SENTENCES, vocab_size=300)
@@ -229,6 +229,22 @@ def test_export_command_writes_a_new_hf_directory(tmp_path, capsys):
     assert main(["export", str(ck), str(tmp_path / "hf")]) == 2  # it would overwrite: refused, kept
     assert "already exists and is not an empty directory" in capsys.readouterr().err
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for out in ("link", "dangling"):
+        assert main(["export", str(ck), str(tmp_path / out)]) == 2
+        assert "is a symbolic link" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path / "empty")
+    for out in (".", "..", "../.."):
+        assert main(["export", str(ck), out]) == 2
+        assert "is the current directory or one above it" in capsys.readouterr().err
+    assert list((tmp_path / "empty").iterdir()) == []
+    stale = tmp_path / f".again.tmp-{os.getpid()}"  # what a killed export of this process id left
+    stale.mkdir()
+    (stale / "pytorch_model.bin").write_text("old")
+    assert main(["export", str(ck), "../again"]) == 0  # relative to the current directory
+    assert not (tmp_path / "again" / "pytorch_model.bin").exists() and not stale.exists()
 
     chars = train_tokenizer("char", SENTENCES)
     char_config = dataclasses.replace(config, vocab_size=chars.vocab_size)

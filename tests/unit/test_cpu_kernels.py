@@ -83,9 +83,13 @@ def test_model_linear_takes_the_kernel_only_for_decoding(spy):
 def test_int8_linear_takes_the_kernel_up_to_two_rows(spy):
     torch.manual_seed(0)
     layer = Int8Linear.from_linear(torch.nn.Linear(32, 24))
+    x2, x3 = torch.randn(2, 1, 32), torch.randn(3, 1, 32)
     with torch.no_grad():
-        two, three = layer(torch.randn(2, 1, 32)), layer(torch.randn(3, 1, 32))  # aten's kernel from 3 on
+        two, three = layer(x2), layer(x3)  # aten's kernel from 3 rows on
     assert spy["int8"] == 1 and two.shape == (2, 1, 24) and three.shape == (3, 1, 24)
+    w = layer.qweight.float() * layer.scales.float()[:, None]
+    torch.testing.assert_close(two, x2 @ w.T + layer.bias, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(three, x3 @ w.T + layer.bias, atol=0.05, rtol=0.02)  # bfloat16 activations
 
 
 @needs_kernels

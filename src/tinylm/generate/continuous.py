@@ -1,20 +1,23 @@
 """Continuous batching: one scheduler thread owns the model and decodes every running request together.
 
-The batch has a fixed number of rows (slots) over one static KV cache of `max_batch` rows and `max_len`
-positions. A new request waits until a row is free, is prefilled alone into that row between two steps and
-joins the next step; each row samples with its own `SamplingParams` and seed, stops on its own stop ids or
-token budget, and frees its row as soon as it ends or is cancelled. Results go to each request's sink (by
-default a queue read by `Job.events()`); `tinylm.serve` hands in a sink that feeds an asyncio queue.
+The batch has a fixed number of rows (slots). A new request waits until a row is free, is prefilled alone
+into that row between two steps and joins the next step; each row samples with its own `SamplingParams` and
+seed, stops on its own stop ids or token budget, and frees its row as soon as it ends or is cancelled.
+Results go to each request's sink (by default a queue read by `Job.events()`); `tinylm.serve` hands in a
+sink that feeds an asyncio queue.
 
-Cache layout: the forward pass writes the new key/value of every row at one shared slot, the cursor `at`.
-Row r holds its tokens contiguously in slots [start_r, at); its key mask hides the slots before start_r and
-its positions count from start_r, so each row decodes as it would alone (`generate_batch` on one prompt).
-When the cursor reaches the end of the cache, or a joining prompt is longer than the slots before the
-cursor, the live slots of all rows move together (one copy per layer) to where the longest row needs them.
+Where the rows' keys and values live is the `Batcher`'s cache layout, picked by the model:
 
-Models run through transformers (`HFCausalLM`) have no static cache to share: `TurnBatcher` gives each
-running request its own transformers cache and steps the rows one after another (the same requests,
-events, sampling and cancelling, without the batching speed-up). `batcher_for(model)` picks the class.
+- `SharedCache` (tinylm's GPT): one static KV cache of `max_batch` rows and `max_len` positions, and one
+  forward pass for all running rows per step. The pass writes the new key/value of every row at one shared
+  slot, the cursor `at`. Row r holds its tokens contiguously in slots [start_r, at); its key mask hides the
+  slots before start_r and its positions count from start_r, so each row decodes as it would alone
+  (`generate_batch` on one prompt). When the cursor reaches the end of the cache, or a joining prompt is
+  longer than the slots before the cursor, the live slots of all rows move together (one copy per layer) to
+  where the longest row needs them.
+- `CachePerRequest` (a model run through transformers, `HFCausalLM`): each running request has its own
+  transformers cache, and the rows take their steps one after another (the same requests, events, sampling
+  and cancelling, without the batching speed-up). A failing pass ends only its own request.
 
 This module sees token ids only: templates, text stop strings and HTTP belong to `tinylm.serve`. It does
 not queue by priority, preempt or split long prompts: requests join in arrival order, each prompt is
@@ -31,7 +34,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -114,21 +117,153 @@ class _Row:
     """A running job's state in its row of the batch; its prompt and generated ids are in `Batcher._ids[r]`."""
 
     job: Job
-    start: int  # first cache slot of its tokens
     n_prompt: int
     length: int  # prompt + generated ids so far
     generator: torch.Generator | None
     last: int = 0  # the newest token, fed at the next step
 
 
+class CacheLayout(Protocol):
+    """Where the running rows' keys and values live, and the forward passes over them."""
+
+    def admit(self, prompt_lengths: list[int]) -> None:
+        """Make room for joining prompts of these lengths (a failure ends every running request)."""
+
+    def prefill(self, r: int, prompt: list[int]) -> Tensor:
+        """Read `prompt` into row r; the logits after its last token, (1, V)."""
+
+    def passes(self, rows: list[int]) -> list[list[int]]:
+        """The running rows grouped by forward pass: a failing pass ends the requests of its group only."""
+
+    def step(self, rows: list[int], tokens: list[int], lengths: list[int]) -> Tensor:
+        """Feed each row its newest token (rows holding `lengths` tokens, that one included); logits (n, V)."""
+
+    def free(self, r: int) -> None:
+        """Row r's request ended (or its prefill failed)."""
+
+
+class SharedCache:
+    """tinylm's GPT: all rows in one static KV cache, one forward pass per step (the module docstring)."""
+
+    def __init__(self, model: GPT, max_batch: int, max_len: int, device: torch.device):
+        self.model, self.max_len, self.device = model, max_len, device
+        self.cache = model.new_cache(max_batch, max_len)
+        self.slots = torch.arange(max_len, device=device)
+        self.start: dict[int, int] = {}  # running row -> the first slot of its tokens
+        self.at = 0  # the cursor: the slot every row writes at the next step
+
+    def admit(self, prompt_lengths: list[int]) -> None:
+        need = max([self._longest(), *prompt_lengths])
+        if self.at < need or self.at >= self.max_len:
+            self._move_cursor(need)
+
+    def prefill(self, r: int, prompt: list[int]) -> Tensor:
+        """Run the prompt through row r, into slots [at - n, at)."""
+        n = len(prompt)
+        self.start[r] = self.at - n
+        return self.model(
+            torch.tensor([prompt], device=self.device),  # (1, n)
+            input_pos=self.slots[:n],
+            cache=self._view(slice(r, r + 1), slice(self.at - n, self.at)),
+            positions=self.slots[None, :n],
+            key_mask=torch.ones(1, n, dtype=torch.bool, device=self.device),
+        )[:, -1]  # (1, V)
+
+    def passes(self, rows: list[int]) -> list[list[int]]:
+        return [rows]
+
+    def step(self, rows: list[int], tokens: list[int], lengths: list[int]) -> Tensor:
+        """Every row's newest token at the cursor, in one pass over the rows up to the last running one."""
+        if self.at >= self.max_len:
+            self._move_cursor(self._longest())
+        end = rows[-1] + 1  # rows past the last running one are left out of the pass
+        first = min(self.start[r] for r in rows)  # slots before every row's start are left out too
+        last, pos, start = [0] * end, [0] * end, [first] * end  # free rows: any token, attending anywhere
+        for r, token in zip(rows, tokens):
+            last[r], pos[r], start[r] = token, self.at - self.start[r], self.start[r]
+        starts = torch.tensor(start, device=self.device)
+        logits = self.model(
+            torch.tensor(last, device=self.device)[:, None],  # (end, 1)
+            input_pos=self.slots[self.at - first : self.at - first + 1],
+            cache=self._view(slice(0, end), slice(first, self.at + 1)),
+            positions=torch.tensor(pos, device=self.device)[:, None],  # (end, 1)
+            key_mask=self.slots[None, first : self.at + 1] >= starts[:, None],  # (end, at + 1 - first)
+        )[:, -1]  # (end, V)
+        self.at += 1
+        return logits[rows]
+
+    def free(self, r: int) -> None:
+        self.start.pop(r, None)
+
+    def _longest(self) -> int:
+        """How many slots the longest running row fills."""
+        return max((self.at - s for s in self.start.values()), default=0)
+
+    def _move_cursor(self, to: int) -> None:
+        """Move every row's live slots by the same offset so the cursor lands on `to`."""
+        assert self._longest() <= to < self.max_len, f"cursor {to} out of range"
+        shift, live = to - self.at, self._longest()
+        if live and shift:
+            src, dst = slice(self.at - live, self.at), slice(to - live, to)
+            for k, v in self.cache.layers:  # (B, n_kv_head, max_len, hs) each
+                k[:, :, dst] = k[:, :, src].clone()
+                v[:, :, dst] = v[:, :, src].clone()
+        for r in self.start:
+            self.start[r] += shift
+        self.at = to
+
+    def _view(self, rows: slice, slots: slice):
+        """The cache cut to some rows and slots: views, so the model's writes land in the full cache.
+
+        Slot `slots.start + j` of the cache is slot j of the view; positions are passed explicitly and
+        ALiBi reads only distances, so a window decodes as the full cache would, attending over fewer keys.
+        """
+        view = copy.copy(self.cache)
+        view.layers = [(k[rows, :, slots], v[rows, :, slots]) for k, v in self.cache.layers]
+        view.batch_size, view.max_len = view.layers[0][0].size(0), view.layers[0][0].size(2)
+        return view
+
+
+class CachePerRequest:
+    """A model run through transformers: each running request holds its own transformers cache (prompt read
+    once, then one token per step), and the rows take their steps in turn."""
+
+    def __init__(self, model: HFCausalLM, max_batch: int, max_len: int, device: torch.device):
+        self.model, self.max_len = model, max_len
+        self.slots = torch.arange(max_len, device=device)
+        self.caches: dict[int, Any] = {}  # running row -> its transformers cache
+        self.device = device
+
+    def admit(self, prompt_lengths: list[int]) -> None:
+        pass  # every request has a cache of its own
+
+    def prefill(self, r: int, prompt: list[int]) -> Tensor:
+        n = len(prompt)
+        self.caches[r] = self.model.new_cache(1, self.max_len)
+        ids = torch.tensor([prompt], device=self.device)  # (1, n)
+        return self.model(ids, input_pos=self.slots[:n], cache=self.caches[r])[:, -1]  # (1, V)
+
+    def passes(self, rows: list[int]) -> list[list[int]]:
+        return [[r] for r in rows]
+
+    def step(self, rows: list[int], tokens: list[int], lengths: list[int]) -> Tensor:
+        [r], [token], [length] = rows, tokens, lengths
+        at = length - 1  # the slot of the newest token
+        ids = torch.tensor([[token]], device=self.device)
+        return self.model(ids, input_pos=self.slots[at : at + 1], cache=self.caches[r])[:, -1]  # (1, V)
+
+    def free(self, r: int) -> None:
+        self.caches.pop(r, None)
+
+
 class Batcher:
     """The scheduler: `submit` requests from any thread; a background thread decodes them together."""
 
-    def __init__(self, model: GPT, *, max_batch: int = 8, max_len: int | None = None):
-        if not isinstance(model, self._model_type()):
-            kind = self._model_type().__name__
+    def __init__(self, model: GPT | HFCausalLM, *, max_batch: int = 8, max_len: int | None = None):
+        if not isinstance(model, GPT | HFCausalLM):
             raise TypeError(
-                f"{type(self).__name__} needs a {kind} with a KV cache, found {type(model).__name__}"
+                "continuous batching needs a model with a KV cache (tinylm's GPT or a transformers model), "
+                f"found {type(model).__name__}"
             )
         block = model.config.block_size
         assert max_batch >= 1, f"max_batch must be >= 1, got {max_batch}"
@@ -137,25 +272,17 @@ class Batcher:
         self.max_batch = max_batch
         self.max_len = max_len or block
         self.device = next(model.parameters()).device
+        layout = SharedCache if isinstance(model, GPT) else CachePerRequest
+        self.layout: CacheLayout = layout(model, max_batch, self.max_len, self.device)
         self.rows: list[_Row | None] = [None] * max_batch
-        self.at = 0  # the cursor: the slot every row writes at the next step
         self.finished: Counter[str] = Counter()  # jobs ended, by reason
         self.steps = 0
-        self._cache = self._new_cache()
-        self._slots = torch.arange(self.max_len, device=self.device)
         self._ids = torch.full((max_batch, self.max_len), PAD, device=self.device)  # each row's ids, in order
         self._pending: deque[Job] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-
-    @staticmethod
-    def _model_type() -> type:
-        return GPT
-
-    def _new_cache(self) -> Any:
-        return self.model.new_cache(self.max_batch, self.max_len)
 
     # -- the client side ----------------------------------------------------------------------------
     def submit(self, request: Request, sink: Sink | None = None) -> Job:
@@ -236,22 +363,26 @@ class Batcher:
                             future.set_result(fn())
                         except Exception as e:
                             future.set_exception(e)
-                joining = self._take_pending()
-                try:
-                    self._drop_cancelled()
-                    self._admit(joining)
-                    if self._running():
-                        self._step()
-                except Exception as e:  # a failing forward pass ends the jobs in flight, not the server
-                    log.exception("decoding step failed")
-                    message = f"{type(e).__name__}: {e}"
-                    for r, row in enumerate(self.rows):
-                        if row is not None:
-                            self._free(r, "error", message)
-                    for job in joining:
-                        if not job.done:
-                            self._finish(job, "error", message)
-                    self.at = 0
+                self._drop_cancelled()
+                self._admit(self._take_pending())
+                for rows in self.layout.passes(self._running()):
+                    self._guarded(rows, None, self._step, rows)
+
+    def _guarded(self, rows: list[int], job: Job | None, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)`, forward passes for `rows` (and a joining `job`); if it fails, end the requests it
+        was for with the error, not the server and not the other requests."""
+        try:
+            fn(*args)
+        except Exception as e:
+            log.exception("decoding step failed")
+            message = f"{type(e).__name__}: {e}"
+            for r in rows:
+                if self.rows[r] is not None:
+                    self._free(r, "error", message)
+                else:
+                    self.layout.free(r)  # a prefill that failed before its row was taken
+            if job is not None and not job.done:
+                self._finish(job, "error", message)
 
     def _running(self) -> list[int]:
         return [r for r, row in enumerate(self.rows) if row is not None]
@@ -274,85 +405,30 @@ class Batcher:
                 self._free(r, "cancelled")
 
     def _admit(self, jobs: list[Job]) -> None:
-        """Prefill each joining job into a free row, first moving the cursor if a prompt needs more room."""
+        """Prefill each joining job into a free row (the layout first makes room for them all)."""
         if not jobs:
             return
-        need = max([self._longest(), *(len(j.request.prompt) for j in jobs)])
-        if self.at < need or self.at >= self.max_len:
-            self._move_cursor(need)
+        self._guarded(self._running(), None, self.layout.admit, [len(j.request.prompt) for j in jobs])
         for job in jobs:
             r = self.rows.index(None)
-            self._prefill(r, job)
-
-    def _longest(self) -> int:
-        """How many slots the longest running row fills."""
-        return max((self.at - row.start for row in self.rows if row is not None), default=0)
-
-    def _move_cursor(self, to: int) -> None:
-        """Move every row's live slots by the same offset so the cursor lands on `to`."""
-        assert self._longest() <= to < self.max_len, f"cursor {to} out of range"
-        shift, live = to - self.at, self._longest()
-        if live and shift:
-            src, dst = slice(self.at - live, self.at), slice(to - live, to)
-            for k, v in self._cache.layers:  # (B, n_kv_head, max_len, hs) each
-                k[:, :, dst] = k[:, :, src].clone()
-                v[:, :, dst] = v[:, :, src].clone()
-        for row in self.rows:
-            if row is not None:
-                row.start += shift
-        self.at = to
-
-    def _view(self, rows: slice, slots: slice):
-        """The cache cut to some rows and slots: views, so the model's writes land in the full cache.
-
-        Slot `slots.start + j` of the cache is slot j of the view; positions are passed explicitly and
-        ALiBi reads only distances, so a window decodes as the full cache would, attending over fewer keys.
-        """
-        view = copy.copy(self._cache)
-        view.layers = [(k[rows, :, slots], v[rows, :, slots]) for k, v in self._cache.layers]
-        view.batch_size, view.max_len = view.layers[0][0].size(0), view.layers[0][0].size(2)
-        return view
+            self._guarded([r], job, self._prefill, r, job)
 
     def _prefill(self, r: int, job: Job) -> None:
-        """Run the prompt through row r, into slots [at - n, at), and sample its first token."""
+        """Read the job's prompt into row r and sample its first token."""
         prompt = list(job.request.prompt)
-        n, start = len(prompt), self.at - len(prompt)
-        ids = torch.tensor([prompt], device=self.device)  # (1, n)
-        logits = self.model(
-            ids,
-            input_pos=self._slots[:n],
-            cache=self._view(slice(r, r + 1), slice(start, self.at)),
-            positions=self._slots[None, :n],
-            key_mask=torch.ones(1, n, dtype=torch.bool, device=self.device),
-        )[:, -1]  # (1, V)
-        seed = job.request.seed
+        logits = self.layout.prefill(r, prompt)
+        n, seed = len(prompt), job.request.seed
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        self._ids[r, :n] = ids[0]
-        self.rows[r] = _Row(job, start, n_prompt=n, length=n, generator=generator)
+        self._ids[r, :n] = torch.tensor(prompt, device=self.device)
+        self.rows[r] = _Row(job, n_prompt=n, length=n, generator=generator)
         self._sample([r], logits)
 
-    def _step(self) -> None:
-        """Feed every running row its newest token at the cursor and sample the next one."""
-        if self.at >= self.max_len:
-            self._move_cursor(self._longest())
-        running = self._running()
-        end = running[-1] + 1  # rows past the last running one are left out of the pass
-        first = min(self.rows[r].start for r in running)  # slots before every row's start are left out too
-        last, pos, start = [0] * end, [0] * end, [first] * end  # free rows: any token, attending anywhere
-        for r in running:
-            row = self.rows[r]
-            last[r], pos[r], start[r] = row.last, self.at - row.start, row.start
-        starts = torch.tensor(start, device=self.device)
-        logits = self.model(
-            torch.tensor(last, device=self.device)[:, None],  # (end, 1)
-            input_pos=self._slots[self.at - first : self.at - first + 1],
-            cache=self._view(slice(0, end), slice(first, self.at + 1)),
-            positions=torch.tensor(pos, device=self.device)[:, None],  # (end, 1)
-            key_mask=self._slots[None, first : self.at + 1] >= starts[:, None],  # (end, at + 1 - first)
-        )[:, -1]  # (end, V)
-        self.at += 1
+    def _step(self, rows: list[int]) -> None:
+        """Feed each of `rows` its newest token and sample the next one."""
+        running = [self.rows[r] for r in rows]
+        logits = self.layout.step(rows, [row.last for row in running], [row.length for row in running])
         self.steps += 1
-        self._sample(running, logits[running])
+        self._sample(rows, logits)
 
     def _sample(self, rows: list[int], logits: Tensor) -> None:
         """Choose each row's next token: rows sharing params and no seed together, a seeded row alone."""
@@ -402,57 +478,9 @@ class Batcher:
     def _free(self, r: int, reason: str, error: str | None = None) -> None:
         job = self.rows[r].job
         self.rows[r] = None
+        self.layout.free(r)
         self._finish(job, reason, error)
 
     def _finish(self, job: Job, reason: str, error: str | None = None) -> None:
         self.finished[reason] += 1
         job.emit(Finished(reason, error))  # type: ignore[arg-type]
-
-
-class TurnBatcher(Batcher):
-    """The scheduler for a model run through transformers: each running request holds its own
-    transformers cache (prompt read once, then one token per step), and the rows take their steps in turn."""
-
-    @staticmethod
-    def _model_type() -> type:
-        return HFCausalLM
-
-    def _new_cache(self) -> Any:
-        self._caches: list[Any] = [None] * self.max_batch
-        return None
-
-    def _admit(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            self._prefill(self.rows.index(None), job)
-
-    def _prefill(self, r: int, job: Job) -> None:
-        prompt = list(job.request.prompt)
-        n = len(prompt)
-        self._caches[r] = self.model.new_cache(1, n + job.request.max_new_tokens)
-        ids = torch.tensor([prompt], device=self.device)  # (1, n)
-        logits = self.model(ids, input_pos=self._slots[:n], cache=self._caches[r])[:, -1]  # (1, V)
-        seed = job.request.seed
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        self._ids[r, :n] = ids[0]
-        self.rows[r] = _Row(job, 0, n_prompt=n, length=n, generator=generator)
-        self._sample([r], logits)
-
-    def _step(self) -> None:
-        for r in self._running():
-            row = self.rows[r]
-            at = row.length - 1  # the slot of the newest token
-            token = torch.tensor([[row.last]], device=self.device)
-            logits = self.model(token, input_pos=self._slots[at : at + 1], cache=self._caches[r])[:, -1]
-            self._sample([r], logits)
-        self.steps += 1
-
-    def _free(self, r: int, reason: str, error: str | None = None) -> None:
-        self._caches[r] = None
-        super()._free(r, reason, error)
-
-
-def batcher_for(model: GPT | HFCausalLM, *, max_batch: int = 8, max_len: int | None = None) -> Batcher:
-    """A `Batcher` for tinylm's GPT (one batch over a shared static cache), a `TurnBatcher` for a model run
-    through transformers."""
-    kind = TurnBatcher if isinstance(model, HFCausalLM) else Batcher
-    return kind(model, max_batch=max_batch, max_len=max_len)

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 
 from tinylm.api import LM
 from tinylm.errors import TinylmError
-from tinylm.generate.continuous import Batcher, Request, batcher_for
+from tinylm.generate.continuous import Batcher, Request
 from tinylm.serve import protocol
 from tinylm.serve.protocol import APIError
 from tinylm.serve.replies import Reply, Update, run_replies
@@ -192,7 +192,7 @@ def create_app(
     max_len: int | None = None,
 ) -> FastAPI:
     """The app; its batcher (max_batch rows over a max_len cache) runs while the app runs (lifespan)."""
-    batcher = batcher_for(lm.model, max_batch=max_batch, max_len=max_len)
+    batcher = Batcher(lm.model, max_batch=max_batch, max_len=max_len)
     server = Server(lm, batcher, model_name, retriever)
 
     @contextlib.asynccontextmanager

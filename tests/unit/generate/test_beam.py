@@ -172,6 +172,16 @@ def test_a_model_run_through_transformers_gets_the_same_search():
         ended_early += sum(len(ids) < MAX_NEW for ids, _ in theirs)
         assert wrapped.hf.generation_config.repetition_penalty == 5.0  # restored afterwards
     assert ended_early > 0, "no hypothesis ended on eos: the cases no longer exercise the cut at eos"
+    hf, gpt = _models(3)
+    prompt, eos = PROMPTS[0], _liked_token(gpt, PROMPTS[0], 2)  # greedy meets this eos early
+    lengths = []
+    for num_beams, eos_ids in ((1, [eos]), (1, []), (3, [])):  # greedy, and no eos ids at all
+        kw = dict(num_beams=num_beams, length_penalty=2.0, num_return_sequences=num_beams)
+        ours = beam_search(gpt, prompt, max_new_tokens=MAX_NEW, eos_ids=eos_ids, **kw)
+        theirs = beam_search(HFCausalLM(hf), prompt, max_new_tokens=MAX_NEW, eos_ids=eos_ids, **kw)
+        _assert_same(theirs, ours, eos_ids or [-1])
+        lengths.append([len(ids) for ids, _ in theirs])
+    assert lengths[0][0] < MAX_NEW and lengths[1:] == [[MAX_NEW], [MAX_NEW] * 3]
 
 
 def test_early_stopping_modes_change_the_search():

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from tinylm.generate.continuous import Batcher, Finished, Request, Token, TurnBatcher, batcher_for
+from tinylm.generate.continuous import Batcher, CachePerRequest, Finished, Request, SharedCache, Token
 from tinylm.generate.engine import generate_batch
 from tinylm.generate.sampling import SamplingParams
 from tinylm.hf_model import HFCausalLM
@@ -177,8 +177,6 @@ def test_bad_requests_are_refused_and_calls_run_on_the_thread():
         assert batcher.call(threading.current_thread).result(timeout=30).name == "tinylm-batcher"
         with pytest.raises(ZeroDivisionError):
             batcher.call(lambda: 1 / 0).result(timeout=30)
-    with pytest.raises(TypeError, match="Batcher needs a GPT with a KV cache, found GRU"):
-        Batcher(build_model(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_embd=8, kind="gru")))
 
 
 def _hf_model():
@@ -194,14 +192,16 @@ def _hf_model():
 
 def test_a_transformers_model_takes_turns_and_each_request_decodes_as_alone():
     model = _hf_model()
-    assert isinstance(batcher_for(model), TurnBatcher) and type(batcher_for(_model())) is Batcher
+    assert isinstance(Batcher(model).layout, CachePerRequest) and isinstance(
+        Batcher(_model()).layout, SharedCache
+    )
     stop = _alone(model, PROMPTS[0], Request(tuple(PROMPTS[0]), 20)).tokens[6]  # ends some rows early
     sampled = SamplingParams(temperature=0.8, top_k=20)
     requests = [Request(tuple(p), 30 - len(p), stop_ids=(stop,)) for p in PROMPTS]
     requests += [Request(tuple(p), 10, params=sampled, seed=i) for i, p in enumerate(PROMPTS)]
-    with TurnBatcher(model, max_batch=3) as batcher:
+    with Batcher(model, max_batch=3) as batcher:
         results = _staggered(batcher, requests)
-        assert batcher.stats()["running"] == 0 and not any(batcher._caches)  # every cache let go
+        assert batcher.stats()["running"] == 0 and batcher.layout.caches == {}  # every cache let go
     reasons = set()
     for request, (tokens, logprobs, reason) in zip(requests, results):
         want = _alone(model, list(request.prompt), request)
@@ -209,7 +209,7 @@ def test_a_transformers_model_takes_turns_and_each_request_decodes_as_alone():
         torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(want.logprobs), atol=1e-4, rtol=0)
         reasons.add(reason)
     assert reasons == {"stop", "length"}
-    with TurnBatcher(model, max_batch=1) as batcher:  # a cancelled request frees its row at once
+    with Batcher(model, max_batch=1) as batcher:  # a cancelled request frees its row at once
         first = batcher.submit(Request(tuple(PROMPTS[0]), 40))
         second = batcher.submit(Request(tuple(PROMPTS[1]), 3))
         events = first.events(timeout=30)
@@ -218,5 +218,51 @@ def test_a_transformers_model_takes_turns_and_each_request_decodes_as_alone():
         assert list(events)[-1] == Finished("cancelled")
         tokens, _, reason = _tokens(second)
         assert reason == "length" and len(tokens) == 3 and batcher.finished["cancelled"] == 1
-    with pytest.raises(TypeError, match="TurnBatcher needs a HFCausalLM with a KV cache, found GPT"):
-        TurnBatcher(_model())
+
+
+@pytest.mark.parametrize("hf", [False, True])
+def test_a_failing_pass_ends_only_the_requests_it_was_for(hf):
+    """Token id 999 is out of the vocabulary: its prefill fails. With a shared cache a failing step ends
+    every row of the batch; with a cache per request the others go on to give what they give alone."""
+    model = _hf_model() if hf else _model()
+    ok = Request(tuple(PROMPTS[0]), 12)
+    with Batcher(model, max_batch=2) as batcher:
+        good = batcher.submit(ok)
+        events = good.events(timeout=30)
+        assert isinstance(next(events), Token)  # running before the bad one joins
+        bad = batcher.submit(Request((3, 999, 4), 5))
+        assert list(bad.events(timeout=30))[-1].reason == "error"
+        rest = list(events)
+        assert rest[-1] == Finished("length")  # a failed prefill does not touch the other rows
+        assert batcher.finished == {"error": 1, "length": 1}
+        assert _tokens(batcher.submit(ok))[0] == _alone(model, PROMPTS[0], ok).tokens  # still serving
+        jobs = [batcher.submit(Request(tuple(p), 12)) for p in PROMPTS[:2]]
+        streams = [job.events(timeout=30) for job in jobs]
+        firsts = [next(stream) for stream in streams]  # both rows running
+        forward = model.forward
+
+        def failing(idx, **kw):  # runs on the scheduler thread, so it may read the batcher's rows
+            if hf:
+                r = next(r for r, cache in batcher.layout.caches.items() if cache is kw["cache"])
+                if batcher.rows[r].job is jobs[1]:
+                    raise RuntimeError("boom")
+            elif idx.size(1) == 1:
+                raise RuntimeError("boom")
+            return forward(idx, **kw)
+
+        batcher.call(lambda: setattr(model, "forward", failing)).result(timeout=30)
+        try:
+            ends = [list(stream) for stream in streams]
+        finally:
+            batcher.call(lambda: delattr(model, "forward")).result(timeout=30)
+    assert ends[1][-1] == Finished("error", "RuntimeError: boom")
+    if hf:  # only the request whose pass failed ended; the other gave what it gives alone
+        assert ends[0][-1] == Finished("length")
+        assert [t.id for t in [firsts[0], *ends[0][:-1]]] == _alone(model, PROMPTS[0], ok).tokens
+    else:  # one pass for both: both ended
+        assert ends[0][-1] == Finished("error", "RuntimeError: boom")
+
+
+def test_bad_models_are_refused():
+    with pytest.raises(TypeError, match=r"needs a model with a KV cache .* found GRU"):
+        Batcher(build_model(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_embd=8, kind="gru")))

@@ -350,15 +350,15 @@ def test_rag_puts_retrieved_context_into_the_question(checkpoint):
 
 
 def test_a_model_run_through_transformers_is_served(tmp_path, monkeypatch):
-    """A GPT-Neo (which tinylm does not convert) is served by a TurnBatcher: the same replies as the Python
+    """A GPT-Neo (which tinylm does not convert) is served with a cache per request: the same replies as the Python
     API, streamed or not, for clients at once."""
     from tests.unit.tiny_hf import save_tiny_gpt_neo
-    from tinylm.generate.continuous import TurnBatcher
+    from tinylm.generate.continuous import CachePerRequest
 
     monkeypatch.setenv("TINYLM_HOME", str(tmp_path / "home"))
     lm = load(save_tiny_gpt_neo(tmp_path / "neo"))
     app = create_app(lm, model_name="neo", max_batch=2)
-    assert isinstance(app.state.server.batcher, TurnBatcher)
+    assert isinstance(app.state.server.batcher.layout, CachePerRequest)
     prompts = ["the cat sat on", "a dog", "the bird"]
     want = [lm.complete([p], raw=True, max_new_tokens=8)[0] for p in prompts]
     with running(app) as url:

@@ -80,7 +80,7 @@ def save_checkpoint(
     if trainer_state is not None:
         torch.save(trainer_state, tmp / STATE_FILE)
     fsync_tree(tmp)
-    replace_dir(tmp, directory)
+    _replace_dir(tmp, directory)
     return directory
 
 
@@ -211,7 +211,7 @@ def _target(link: Path) -> str | None:
     return os.readlink(link) if link.is_symlink() else None
 
 
-def replace_dir(src: Path, dst: Path) -> None:
+def _replace_dir(src: Path, dst: Path) -> None:
     """Put directory `src` at `dst` by renames (an old `dst` is moved aside first, then removed)."""
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")

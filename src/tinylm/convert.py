@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from tinylm.checkpoint import META_FILE, fsync_tree, read_meta, replace_dir, save_checkpoint
+from tinylm.checkpoint import META_FILE, fsync_tree, read_meta, save_checkpoint
 from tinylm.errors import TinylmError
 from tinylm.hf_model import HFCausalLM, check_causal_lm, no_progress_bars
 from tinylm.model import GPT, GPTConfig
@@ -419,7 +419,12 @@ def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: boo
         else:
             export_hf(lm.model, lm.config, tmp, tokenizer=lm.tokenizer if tokenizer else None)
         fsync_tree(tmp)
-        replace_dir(tmp, out)
+        try:  # replaces nothing but an empty directory, even one that filled up since the check above
+            os.rename(tmp, out)
+        except OSError as e:
+            raise TinylmError(
+                f"{out_dir}: could not move the export into place ({e.strerror}); nothing was replaced"
+            ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

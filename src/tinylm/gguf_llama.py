@@ -8,9 +8,15 @@ row permutation of the q and k projections as transformers' `LlamaTensorProcesso
 tensors and config fields as in a transformers `LlamaForCausalLM`, so `tinylm.convert` maps them onto the
 GPT as it maps any Llama. The tokenizer still comes from transformers (`AutoTokenizer`, one more parse).
 
-What it does not cover returns None, and the caller takes transformers' path: other architectures, files
-named as Mistral (transformers reads those as Mistral), RoPE scaling (a `rope.scaling.type` other than
-none, or a `rope_freqs` tensor), and any tensor it has no name for (biases included).
+A file that is not a plain llama returns None, and the caller takes transformers' path: other
+architectures, files named as Mistral (transformers reads those as Mistral), files lacking a llama key this
+reader needs (transformers fills in defaults). A llama file that neither this reader nor transformers'
+loader maps faithfully is a TinylmError, where transformers would drop what it does not know and give a
+different model: RoPE scaling (a `rope.scaling.type` other than none, or Llama 3.1's `rope_freqs` tensor),
+biases, or tensors of another layout (MoE experts). So is a file that is not valid GGUF (truncated, ...).
+
+Memory: the whole float32 state dict is built before the GPT that receives it, so a conversion peaks at
+about twice the float32 weights (1.5 GB of RSS for SmolLM2-135M's 513 MB), as transformers' path did.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from tinylm.errors import TinylmError
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig
@@ -42,8 +50,15 @@ _NAME = re.compile(r"(?:blk\.(\d+)\.)?(\w+)\.weight")  # no biases: a llama with
 
 
 def read_llama_gguf(path: str | Path) -> tuple[LlamaConfig, dict[str, Tensor]] | None:
-    """(the LlamaConfig, the float32 state dict with transformers' names) of a llama GGUF file, or None
-    for a file this reader does not cover (see the module docstring)."""
+    """(the LlamaConfig, the float32 state dict with transformers' names) of a llama GGUF file; None for a
+    file that is not a plain llama, TinylmError for one that cannot be mapped (see the module docstring)."""
+    try:
+        return _read(Path(path))
+    except (OSError, ValueError, IndexError, TypeError, KeyError) as e:
+        raise TinylmError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+
+
+def _read(path: Path) -> tuple[LlamaConfig, dict[str, Tensor]] | None:
     from gguf import GGUFReader, dequantize
     from transformers import LlamaConfig
 
@@ -56,22 +71,41 @@ def read_llama_gguf(path: str | Path) -> tuple[LlamaConfig, dict[str, Tensor]] |
     name = str(field("general.name", "")).lower()
     if field("general.architecture") != "llama" or "mistral" in name:
         return None
-    if str(field("llama.rope.scaling.type", "none")) != "none":
+    needed = (
+        "embedding_length",
+        "attention.head_count",
+        "feed_forward_length",
+        "block_count",
+        "context_length",
+    )
+    if any(f"llama.{key}" not in reader.fields for key in (*needed, "attention.layer_norm_rms_epsilon")):
         return None
-    names = {t.name: _hf_name(t.name) for t in reader.tensors}
-    if None in names.values() or "token_embd.weight" not in names:
-        return None  # rope_freqs (Llama 3.1 scaling) or a tensor of another layout
+    scaling = str(field("llama.rope.scaling.type", "none"))
+    unknown = [t.name for t in reader.tensors if _hf_name(t.name) is None]
+    if scaling != "none" or unknown:
+        why = (
+            f"RoPE scaling {scaling!r}"
+            if scaling != "none"
+            else f"tensors {unknown[:3]} ({len(unknown)} in all)"
+        )
+        raise TinylmError(
+            f"{path}: a llama GGUF with {why}; tinylm maps plain Llama weights (RoPE without scaling, no biases, "
+            "no experts), and transformers' GGUF loader would drop what it does not know, giving a different model"
+        )
+    if "token_embd.weight" not in {t.name for t in reader.tensors}:
+        raise KeyError("token_embd.weight")
     n_embd = int(field("llama.embedding_length"))
     n_head = int(field("llama.attention.head_count"))
     n_kv_head = int(field("llama.attention.head_count_kv", n_head))
     state = {}
     for t in reader.tensors:
-        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        w = dequantize(t.data, t.tensor_type)  # a new array, or a view of the file for float32
+        w = torch.from_numpy(np.array(w, dtype=np.float32, copy=not w.flags.owndata or w.dtype != np.float32))
         if ".attn_q." in t.name:
             w = _unpermute(w, n_head)
         elif ".attn_k." in t.name:
             w = _unpermute(w, n_kv_head)
-        state[names[t.name]] = torch.tensor(w)  # a copy: the reader's arrays map the file
+        state[_hf_name(t.name)] = w
     config = LlamaConfig(
         vocab_size=state["model.embed_tokens.weight"].size(0),
         hidden_size=n_embd,
@@ -101,7 +135,7 @@ def _hf_name(gguf_name: str) -> str | None:
     return f"{prefix}{table[part]}.weight" if part in table else None
 
 
-def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+def _unpermute(w: Tensor, n_head: int) -> Tensor:
     """Undo llama.cpp's interleaving of the rotary halves in q/k rows (transformers' reverse permute)."""
     dim = w.shape[0] // n_head // 2
-    return w.reshape(n_head, dim, 2, *w.shape[1:]).swapaxes(2, 1).reshape(w.shape)
+    return w.reshape(n_head, dim, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)

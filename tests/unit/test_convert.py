@@ -246,6 +246,21 @@ def test_export_command_writes_a_new_hf_directory(tmp_path, capsys, monkeypatch)
     assert main(["export", str(ck), "../again"]) == 0  # relative to the current directory
     assert not (tmp_path / "again" / "pytorch_model.bin").exists() and not stale.exists()
 
+    import tinylm.api
+
+    real_load = tinylm.api.load
+
+    def load_while_someone_writes(*args, **kw):  # a file lands in the empty target during the load
+        (tmp_path / "empty" / "theirs.txt").write_text("keep me")
+        return real_load(*args, **kw)
+
+    monkeypatch.setattr(tinylm.api, "load", load_while_someone_writes)
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", str(ck), str(tmp_path / "empty")]) == 2
+    assert "could not move the export into place" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "empty").iterdir()] == ["theirs.txt"]
+    assert not list(tmp_path.glob(".empty.tmp-*"))
+
     chars = train_tokenizer("char", SENTENCES)
     char_config = dataclasses.replace(config, vocab_size=chars.vocab_size)
     char_ck = save_checkpoint(tmp_path / "char", model=GPT(char_config), config=char_config, tokenizer=chars)

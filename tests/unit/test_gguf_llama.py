@@ -9,7 +9,9 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
+from tinylm.cli import main  # noqa: E402
 from tinylm.convert import config_from_hf, state_dict_from_hf  # noqa: E402
+from tinylm.errors import TinylmError  # noqa: E402
 from tinylm.gguf_llama import read_llama_gguf  # noqa: E402
 from tinylm.model import GPT  # noqa: E402
 
@@ -47,7 +49,7 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _write_gguf(
-    path: Path, model, *, arch: str = "llama", name: str = "tiny", extra=()
+    path: Path, model, *, arch: str = "llama", name: str = "tiny", extra=(), skip=(), scaling=None
 ) -> dict[str, np.ndarray]:
     """Write `model` as llama.cpp would (F32, the embedding as Q8_0); return what each tensor should read
     back as, by transformers name."""
@@ -61,7 +63,11 @@ def _write_gguf(
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_rope_freq_base(5000.0)
-    w.add_layer_norm_rms_eps(1e-5)
+    if "llama.attention.layer_norm_rms_epsilon" not in skip:
+        w.add_layer_norm_rms_eps(1e-5)
+    if scaling:
+        w.add_rope_scaling_type(gguf.RopeScalingType(scaling))
+        w.add_rope_scaling_factor(4.0)
     w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
@@ -125,13 +131,30 @@ def test_a_llama_gguf_reads_back_into_transformers_names_and_logits(tmp_path, ti
         torch.testing.assert_close(gpt.eval()(ids), model(ids).logits, atol=1e-4, rtol=1e-4)
 
 
-def test_what_it_does_not_cover_returns_none(tmp_path):
+def test_other_files_fall_back_and_unmappable_ones_are_clear_errors(tmp_path):
     model = _tiny_llama(True)
     _write_gguf(tmp_path / "gpt2.gguf", model, arch="gpt2")
     _write_gguf(tmp_path / "mistral.gguf", model, name="Mistral 7B tiny")
+    _write_gguf(tmp_path / "no-eps.gguf", model, skip={"llama.attention.layer_norm_rms_epsilon"})
+    for name in ("gpt2", "mistral", "no-eps"):  # transformers' loader takes these
+        assert read_llama_gguf(tmp_path / f"{name}.gguf") is None, name
+
     freqs = [("rope_freqs.weight", np.ones(4, dtype=np.float32))]  # Llama 3.1's RoPE scaling
-    _write_gguf(tmp_path / "scaled.gguf", model, extra=freqs)
+    _write_gguf(tmp_path / "freqs.gguf", model, extra=freqs)
+    with pytest.raises(TinylmError, match=r"freqs.gguf: a llama GGUF with tensors \['rope_freqs.weight'\]"):
+        read_llama_gguf(tmp_path / "freqs.gguf")
     bias = [("blk.0.attn_q.bias", np.zeros(N_EMBD, dtype=np.float32))]
     _write_gguf(tmp_path / "bias.gguf", model, extra=bias)
-    for name in ("gpt2", "mistral", "scaled", "bias"):
-        assert read_llama_gguf(tmp_path / f"{name}.gguf") is None, name
+    with pytest.raises(TinylmError, match=r"tensors \['blk.0.attn_q.bias'\] \(1 in all\); tinylm maps plain"):
+        read_llama_gguf(tmp_path / "bias.gguf")
+    _write_gguf(tmp_path / "scaled.gguf", model, scaling="linear")
+    with pytest.raises(TinylmError, match="a llama GGUF with RoPE scaling 'linear'"):
+        read_llama_gguf(tmp_path / "scaled.gguf")
+
+    whole = (tmp_path / "bias.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
+    for name in ("cut", "junk"):
+        with pytest.raises(TinylmError, match=f"{name}.gguf: not a readable GGUF file"):
+            read_llama_gguf(tmp_path / f"{name}.gguf")
+    assert main(["generate", str(tmp_path / "cut.gguf"), "hi"]) == 2  # the CLI: one line, no traceback

@@ -170,7 +170,7 @@ class SharedCache:
         )[:, -1]  # (1, V)
 
     def passes(self, rows: list[int]) -> list[list[int]]:
-        return [rows]
+        return [rows] if rows else []
 
     def step(self, rows: list[int], tokens: list[int], lengths: list[int]) -> Tensor:
         """Every row's newest token at the cursor, in one pass over the rows up to the last running one."""
@@ -308,6 +308,8 @@ class Batcher:
         """Run `fn()` on the scheduler thread between two steps (the model is never used by two threads)."""
         future: Future = Future()
         with self._wake:
+            if self._stopping:
+                raise RuntimeError("the batcher is closed")
             self._calls.append((fn, future))
             self._wake.notify()
         return future
@@ -368,11 +370,12 @@ class Batcher:
                 for rows in self.layout.passes(self._running()):
                     self._guarded(rows, None, self._step, rows)
 
-    def _guarded(self, rows: list[int], job: Job | None, fn: Callable[..., None], *args: Any) -> None:
+    def _guarded(self, rows: list[int], job: Job | None, fn: Callable[..., None], *args: Any) -> str | None:
         """Run `fn(*args)`, forward passes for `rows` (and a joining `job`); if it fails, end the requests it
-        was for with the error, not the server and not the other requests."""
+        was for with the error, not the server and not the other requests, and return the error."""
         try:
             fn(*args)
+            return None
         except Exception as e:
             log.exception("decoding step failed")
             message = f"{type(e).__name__}: {e}"
@@ -383,6 +386,7 @@ class Batcher:
                     self.layout.free(r)  # a prefill that failed before its row was taken
             if job is not None and not job.done:
                 self._finish(job, "error", message)
+            return message
 
     def _running(self) -> list[int]:
         return [r for r, row in enumerate(self.rows) if row is not None]
@@ -408,8 +412,13 @@ class Batcher:
         """Prefill each joining job into a free row (the layout first makes room for them all)."""
         if not jobs:
             return
-        self._guarded(self._running(), None, self.layout.admit, [len(j.request.prompt) for j in jobs])
+        failed = self._guarded(
+            self._running(), None, self.layout.admit, [len(j.request.prompt) for j in jobs]
+        )
         for job in jobs:
+            if failed:  # no room was made: the joining requests end with the same error
+                self._finish(job, "error", failed)
+                continue
             r = self.rows.index(None)
             self._guarded([r], job, self._prefill, r, job)
 

@@ -1,6 +1,7 @@
 """Continuous batching against `generate_batch` on each prompt alone: requests joining a running batch at
 staggered times, rows ending at different steps, the cursor wrapping and moving, per-row sampling."""
 
+import logging
 import threading
 import time
 
@@ -261,6 +262,35 @@ def test_a_failing_pass_ends_only_the_requests_it_was_for(hf):
         assert [t.id for t in [firsts[0], *ends[0][:-1]]] == _alone(model, PROMPTS[0], ok).tokens
     else:  # one pass for both: both ended
         assert ends[0][-1] == Finished("error", "RuntimeError: boom")
+
+
+def test_idle_passes_and_a_failed_admit(caplog):
+    """An idle pass runs no forward (nothing logged); a failing admit ends the running and the joining
+    requests with its error, and the batcher goes on serving."""
+    model = _model()
+    ok = Request(tuple(PROMPTS[0]), 6)
+    with Batcher(model, max_batch=2) as batcher, caplog.at_level(logging.ERROR):
+        assert batcher.call(lambda: 7).result(timeout=30) == 7
+        assert _tokens(batcher.submit(Request((5, 6), 1)))[2] == "length"  # done at its prefill
+        assert batcher.call(lambda: 8).result(timeout=30) == 8
+        assert caplog.records == []
+        running = batcher.submit(Request(tuple(PROMPTS[1]), 30))
+        events = running.events(timeout=30)
+        next(events)
+        admit = batcher.layout.admit
+
+        def fail_once(lengths):
+            batcher.layout.admit = admit
+            raise RuntimeError("no room")
+
+        batcher.call(lambda: setattr(batcher.layout, "admit", fail_once)).result(timeout=30)
+        joining = batcher.submit(Request(tuple(PROMPTS[2]), 5))
+        assert list(events)[-1] == Finished("error", "RuntimeError: no room")
+        assert list(joining.events(timeout=30)) == [Finished("error", "RuntimeError: no room")]
+        assert _tokens(batcher.submit(ok))[0] == _alone(model, PROMPTS[0], ok).tokens
+    assert [r.getMessage() for r in caplog.records] == ["decoding step failed"]
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.call(lambda: 1)
 
 
 def test_bad_models_are_refused():

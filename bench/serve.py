@@ -4,9 +4,13 @@ Starts `tinylm serve` in a subprocess (the model on the GPU when there is one), 
 completion requests first from one client, then from `--clients` clients at once, and prints the generated
 tokens/s of each and their ratio: what continuous batching buys. The model is a small random GPT built in a
 temporary folder (4 layers, 256 dims, its end-of-text logit zeroed so replies run their full budget)
-unless `--model` names a checkpoint or a pretrained model.
+unless `--model` names a checkpoint or a pretrained model. `--shape smollm2` builds a random GPT of
+SmolLM2-135M's shape instead (30 layers, 576 dims, vocab 49152, with a word-level tokenizer of as many
+made-up words), for a GPU machine that the real weights cannot reach; issue #5's figure is
+`--shape smollm2 --clients 32`.
 
     python bench/serve.py [--clients 8] [--requests 3] [--max-tokens 64] [--model smollm2-135m-instruct]
+                          [--shape tiny|smollm2]
 """
 
 from __future__ import annotations
@@ -41,6 +45,28 @@ def tiny_model(directory: Path) -> Path:
             0  # a zero logit is hardly ever the top one: replies run their budget
         )
     save_checkpoint(directory, model=model, config=cfg, tokenizer=tok, meta={})
+    return directory
+
+
+def smollm2_shaped(directory: Path) -> Path:
+    """A random GPT of SmolLM2-135M's shape and a word-level tokenizer with one made-up word per id (so
+    every generated id decodes), its end-of-text logit zeroed; saved as a checkpoint in `directory`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from common import smollm2_hf
+    from tinylm.checkpoint import save_checkpoint
+    from tinylm.convert import hf_to_tinylm
+    from tinylm.tokenizers import HFTokenizer
+
+    model, cfg = hf_to_tinylm(smollm2_hf(pretrained=False))
+    words = {"<unk>": 0, "<|endoftext|>": 1, **{f"w{i}": i for i in range(2, cfg.vocab_size)}}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|endoftext|>")
+    with torch.no_grad():
+        model.lm_head.weight[1] = 0  # tied with the embedding row: a zero logit is hardly ever the top one
+    save_checkpoint(directory, model=model, config=cfg, tokenizer=HFTokenizer(hf_tok), meta={})
     return directory
 
 
@@ -117,10 +143,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=3, help="requests per client, one after another")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--shape", choices=["tiny", "smollm2"], default="tiny", help="the random model's shape"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or str(tiny_model(Path(tmp) / "tiny"))
+        build = smollm2_shaped if args.shape == "smollm2" else tiny_model
+        model = args.model or str(build(Path(tmp) / args.shape))
         port = free_port()
         server = start_server(model, port, max_batch=args.clients)
         url = f"http://127.0.0.1:{port}"
@@ -133,7 +163,8 @@ def main() -> None:
             server.wait(timeout=60)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(
-        f"model {args.model or 'random 4x256 GPT'} on {device}; {args.requests} x {args.max_tokens} tokens per client"
+        f"model {args.model or 'random ' + args.shape + '-shaped GPT'} on {device}; "
+        f"{args.requests} x {args.max_tokens} tokens per client"
     )
     print(f"  1 client:   {one:8.1f} tokens/s  (first token after {one_ttft * 1000:.0f} ms)")
     print(f"  {args.clients} clients: {many:8.1f} tokens/s  (first token after {many_ttft * 1000:.0f} ms)")

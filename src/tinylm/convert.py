@@ -30,6 +30,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -245,6 +246,40 @@ def state_dict_from_hf(
         parts = [_flip_conv1d(k, hf_state_dict[k], model_type) for k in theirs]
         out[ours] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
     return out
+
+
+@torch.no_grad()
+def copy_from_hf(model: GPT, tensors: Iterable[tuple[str, Tensor]], model_type: str) -> None:
+    """Copy HF-named tensors into `model` as they come (q, k and v into their rows of qkv), so no more than
+    one source tensor is held beside the model: `state_dict_from_hf` without the whole state dict at once."""
+    config, params = model.config, model.state_dict()
+    sizes = {"q": config.n_head * config.head_size, "k": config.kv_heads * config.head_size}
+    sizes["v"] = sizes["k"]
+    where: dict[str, list[Tensor]] = {}  # HF name -> the tinylm tensors (or rows of qkv) it fills
+    for ours, theirs in _weight_names(config, model_type).items():
+        row = 0
+        for name in theirs:
+            if len(theirs) == 1:
+                where.setdefault(name, []).append(params[ours])
+                continue
+            n = sizes[name.split(".")[-2][0]]  # model.layers.3.self_attn.k_proj.weight -> k
+            where.setdefault(name, []).append(params[ours][row : row + n])
+            row += n
+    missing = set(where)
+    for name, t in tensors:
+        t = _flip_conv1d(name, t, model_type)
+        for target in where.get(name, ()):
+            if target.shape != t.shape:
+                raise TinylmError(
+                    f"{name}: expected shape {tuple(target.shape)} (the config's), found {tuple(t.shape)}"
+                )
+            target.copy_(t)
+        missing.discard(name)
+    if missing:
+        raise TinylmError(
+            f"the {model_type} weights lack {len(missing)} tensor(s) that its config implies, "
+            f"e.g. {sorted(missing)[:3]}"
+        )
 
 
 def _state_dict_to_hf(state_dict: dict[str, Tensor], config: GPTConfig, model_type: str) -> dict[str, Tensor]:
@@ -507,7 +542,7 @@ def _from_llama_gguf(source: Path) -> tuple[GPT, GPTConfig] | None:
         return None
     config = config_from_hf(read[0])
     model = GPT(config)
-    model.load_state_dict(state_dict_from_hf(read[1], config, "llama"))
+    copy_from_hf(model, read[1], "llama")
     return model.eval(), config
 
 

@@ -15,13 +15,14 @@ loader maps faithfully is a TinylmError, where transformers would drop what it d
 different model: RoPE scaling (a `rope.scaling.type` other than none, or Llama 3.1's `rope_freqs` tensor),
 biases, or tensors of another layout (MoE experts). So is a file that is not valid GGUF (truncated, ...).
 
-Memory: the whole float32 state dict is built before the GPT that receives it, so a conversion peaks at
-about twice the float32 weights (1.5 GB of RSS for SmolLM2-135M's 513 MB), as transformers' path did.
+Memory: the tensors come one at a time, so `tinylm.convert` copies each into the GPT as it is dequantized
+and never holds a second copy of the weights (transformers' path held two).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,16 +50,28 @@ _LAYER = {
 _NAME = re.compile(r"(?:blk\.(\d+)\.)?(\w+)\.weight")  # no biases: a llama with them is not plain Llama
 
 
-def read_llama_gguf(path: str | Path) -> tuple[LlamaConfig, dict[str, Tensor]] | None:
-    """(the LlamaConfig, the float32 state dict with transformers' names) of a llama GGUF file; None for a
-    file that is not a plain llama, TinylmError for one that cannot be mapped (see the module docstring)."""
+_BROKEN = (OSError, ValueError, IndexError, TypeError, KeyError)  # what a damaged file raises in the reader
+
+
+def read_llama_gguf(path: str | Path) -> tuple[LlamaConfig, Iterator[tuple[str, Tensor]]] | None:
+    """(the LlamaConfig, the float32 tensors with transformers' names, dequantized one at a time as the
+    iterator is read) of a llama GGUF file; None for a file that is not a plain llama, TinylmError for one
+    that cannot be mapped or read (see the module docstring)."""
     try:
-        return _read(Path(path))
-    except (OSError, ValueError, IndexError, TypeError, KeyError) as e:
+        read = _read(Path(path))
+    except _BROKEN as e:
+        raise TinylmError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+    return None if read is None else (read[0], _checked(path, read[1]))
+
+
+def _checked(path: str | Path, tensors: Iterator[tuple[str, Tensor]]) -> Iterator[tuple[str, Tensor]]:
+    try:
+        yield from tensors
+    except _BROKEN as e:
         raise TinylmError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
 
 
-def _read(path: Path) -> tuple[LlamaConfig, dict[str, Tensor]] | None:
+def _read(path: Path) -> tuple[LlamaConfig, Iterator[tuple[str, Tensor]]] | None:
     from gguf import GGUFReader, dequantize
     from transformers import LlamaConfig
 
@@ -97,17 +110,21 @@ def _read(path: Path) -> tuple[LlamaConfig, dict[str, Tensor]] | None:
     n_embd = int(field("llama.embedding_length"))
     n_head = int(field("llama.attention.head_count"))
     n_kv_head = int(field("llama.attention.head_count_kv", n_head))
-    state = {}
-    for t in reader.tensors:
-        w = dequantize(t.data, t.tensor_type)  # a new array, or a view of the file for float32
-        w = torch.from_numpy(np.array(w, dtype=np.float32, copy=not w.flags.owndata or w.dtype != np.float32))
-        if ".attn_q." in t.name:
-            w = _unpermute(w, n_head)
-        elif ".attn_k." in t.name:
-            w = _unpermute(w, n_kv_head)
-        state[_hf_name(t.name)] = w
+
+    def tensors() -> Iterator[tuple[str, Tensor]]:
+        for t in reader.tensors:
+            w = dequantize(t.data, t.tensor_type)  # a new array, or a read-only view of the file (float32)
+            fresh = w.flags.writeable and not isinstance(w, np.memmap) and w.dtype == np.float32
+            w = torch.from_numpy(w if fresh else np.array(w, dtype=np.float32))
+            if ".attn_q." in t.name:
+                w = _unpermute(w, n_head)
+            elif ".attn_k." in t.name:
+                w = _unpermute(w, n_kv_head)
+            yield _hf_name(t.name), w
+
+    embedding = next(t for t in reader.tensors if t.name == "token_embd.weight")
     config = LlamaConfig(
-        vocab_size=state["model.embed_tokens.weight"].size(0),
+        vocab_size=int(embedding.shape[1]),  # GGUF shapes list the fastest dimension first
         hidden_size=n_embd,
         intermediate_size=int(field("llama.feed_forward_length")),
         num_hidden_layers=int(field("llama.block_count")),
@@ -117,12 +134,12 @@ def _read(path: Path) -> tuple[LlamaConfig, dict[str, Tensor]] | None:
         max_position_embeddings=int(field("llama.context_length")),
         rms_norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
         rope_theta=float(field("llama.rope.freq_base", 10000.0)),
-        tie_word_embeddings="lm_head.weight" not in state,
+        tie_word_embeddings=all(t.name != "output.weight" for t in reader.tensors),
         bos_token_id=field("tokenizer.ggml.bos_token_id"),
         eos_token_id=field("tokenizer.ggml.eos_token_id"),
         pad_token_id=field("tokenizer.ggml.padding_token_id"),
     )
-    return config, state
+    return config, tensors()
 
 
 def _hf_name(gguf_name: str) -> str | None:

@@ -10,7 +10,7 @@ import torch
 gguf = pytest.importorskip("gguf")
 
 from tinylm.cli import main  # noqa: E402
-from tinylm.convert import config_from_hf, state_dict_from_hf  # noqa: E402
+from tinylm.convert import config_from_hf, copy_from_hf, state_dict_from_hf  # noqa: E402
 from tinylm.errors import TinylmError  # noqa: E402
 from tinylm.gguf_llama import read_llama_gguf  # noqa: E402
 from tinylm.model import GPT  # noqa: E402
@@ -107,7 +107,8 @@ def _write_gguf(
 def test_a_llama_gguf_reads_back_into_transformers_names_and_logits(tmp_path, tie):
     model = _tiny_llama(tie)
     want = _write_gguf(tmp_path / "tiny.gguf", model)
-    config, state = read_llama_gguf(tmp_path / "tiny.gguf")
+    config, tensors = read_llama_gguf(tmp_path / "tiny.gguf")
+    state = dict(tensors)
     assert set(state) == set(want)
     for name, a in want.items():
         np.testing.assert_array_equal(state[name].numpy(), a, err_msg=name)  # q/k rows back in HF order
@@ -124,7 +125,21 @@ def test_a_llama_gguf_reads_back_into_transformers_names_and_logits(tmp_path, ti
     gpt_config = config_from_hf(config)
     assert gpt_config.rope_base == 5000.0
     gpt = GPT(gpt_config)
-    gpt.load_state_dict(state_dict_from_hf(state, gpt_config, "llama"))
+    copy_from_hf(gpt, read_llama_gguf(tmp_path / "tiny.gguf")[1], "llama")  # one tensor at a time
+    reference = GPT(gpt_config)
+    reference.load_state_dict(state_dict_from_hf(state, gpt_config, "llama"))
+    for (name, a), b in zip(gpt.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    partial = ((k, v) for k, v in state.items() if "blk.1" not in k and "layers.1." not in k)
+    with pytest.raises(
+        TinylmError, match=r"lack 9 tensor\(s\) that its config implies, e.g. \['model.layers.1"
+    ):
+        copy_from_hf(GPT(gpt_config), partial, "llama")
+    wrong = ((k, v[:-1] if k.endswith("k_proj.weight") else v) for k, v in state.items())
+    with pytest.raises(
+        TinylmError, match=r"k_proj.weight: expected shape \(16, 32\) \(the config's\), found \(15, 32\)"
+    ):
+        copy_from_hf(GPT(gpt_config), wrong, "llama")
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(torch.from_numpy(want["model.embed_tokens.weight"]))

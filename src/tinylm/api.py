@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from tinylm.chat.templates import CHAT, render_chat
+from tinylm.chat.templates import CHAT, render_chat, render_in_template
 from tinylm.checkpoint import Checkpoint, load_checkpoint
 from tinylm.errors import CheckpointError, TinylmError
 from tinylm.generate.detok import TextStream
@@ -204,15 +204,27 @@ class LM:
     def render_prompt(self, prompt: Prompt, *, chat: bool, raw: bool) -> tuple[str, list[str]]:
         """(prompt text, extra stop strings from a chat template): chat messages or chat=True through the
         chat template, raw=True as given, else through the checkpoint's prompt template."""
-        if _is_messages(prompt):
-            return render_chat(prompt, self.tokenizer, self.chat_template)
-        if chat:
-            return render_chat([{"role": "user", "content": prompt}], self.tokenizer, self.chat_template)
+        if _is_messages(prompt) or chat:
+            messages = prompt if _is_messages(prompt) else [{"role": "user", "content": prompt}]
+            if self._knows_no_chat():
+                return render_in_template(messages, self.prompt_template)
+            return render_chat(messages, self.tokenizer, self.chat_template)
         if raw:
             return prompt, []
         if self.prompt_template == CHAT:
             return render_chat([{"role": "user", "content": prompt}], self.tokenizer, self.chat_template)
         return self.prompt_template.format(prompt=prompt), []
+
+    def _knows_no_chat(self) -> bool:
+        """Whether the model was trained on a Q/A prompt template of its own and has no chat format (no
+        tokenizer chat template, no named one, not trained on the chat layout): chat then uses that template."""
+        hf = getattr(self.tokenizer, "hf", None)
+        return (
+            self.chat_template is None
+            and not getattr(hf, "chat_template", None)
+            and self.prompt_template != CHAT
+            and self.prompt_template.strip() != "{prompt}"
+        )
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt text, never empty (an empty text is the BOS, or else the EOS token)."""

@@ -124,7 +124,13 @@ def cmd_chat(args: argparse.Namespace) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        with ChatStore(args.db or default_db_path()) as store:
+        db = args.db or default_db_path()
+        if not db.is_file():  # listing creates nothing: a mistyped --db is not a new database
+            if args.db is not None:
+                raise TinylmError(f"--db {db}: no such chat database")
+            print(f"no chat sessions yet ({db} does not exist)")
+            return
+        with ChatStore(db) as store:
             table = Table(title=f"chat sessions in {store.path}")
             for col in ("session", "model", "messages", "updated", "first question"):
                 table.add_column(col, overflow="fold")

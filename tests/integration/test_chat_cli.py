@@ -99,6 +99,15 @@ def test_bad_input_is_a_clear_error_without_traceback(tmp_path, capsys):
     assert "session id: expected" in capsys.readouterr().err
 
 
+def test_listing_creates_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TINYLM_HOME", str(tmp_path / "home"))
+    assert main(["chat", "--list"]) == 0  # the default database, not made yet
+    assert "no chat sessions yet" in capsys.readouterr().out
+    assert main(["chat", "--list", "--db", str(tmp_path / "typo" / "chat.sqlite")]) == 2
+    assert "no such chat database" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_quantize_reaches_the_model_load(tmp_path, monkeypatch):
     import tinylm.api
     from tinylm.errors import TinylmError

@@ -56,3 +56,10 @@ def test_the_same_config_learns_another_qa_file(tmp_path):
     lm = load(out / "checkpoints" / "last")
     predictions = {e.prompt: lm.generate(e.prompt) for e in read_examples(data)}
     assert exact_rate(predictions, data) >= 0.95
+    # chat: the model knows only its own "Q: ...\nA:" layout, so a conversation is laid out in it
+    first, second = read_examples(data)[:2]
+    messages = [{"role": "user", "content": first.prompt}]
+    assert lm.generate(messages) == first.response
+    messages += [{"role": "assistant", "content": first.response}, {"role": "user", "content": second.prompt}]
+    text, stops = lm.render_prompt(messages, chat=True, raw=False)
+    assert text == f"Q: {first.prompt}\nA:{first.response}\nQ: {second.prompt}\nA:" and stops == ["Q:"]

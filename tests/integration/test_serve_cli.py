@@ -88,3 +88,16 @@ def test_serve_refuses_bad_options_before_listening(checkpoint, options, needle)
     with pytest.raises(TinylmError) as info:
         serve(str(checkpoint), port=_free_port(), **options)
     assert needle in str(info.value)
+
+
+def test_a_port_in_use_is_one_clear_line(checkpoint):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", str(checkpoint), "--port", str(port), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"error: --port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)" in result.stderr
+    )
+    assert "Traceback" not in result.stderr and "Uvicorn" not in result.stderr

@@ -101,6 +101,26 @@ def test_chat_uses_a_named_template_for_our_models(tmp_path):
     assert isinstance(lm.generate("hi", chat=True), str)
 
 
+def test_a_model_with_only_its_own_qa_template_chats_in_it(tmp_path):
+    lm = _lm(tmp_path)
+    lm.prompt_template = "Q: {prompt}\nA:"  # what a Q/A run saves in tinylm.json
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": " hello"},
+        {"role": "user", "content": "and you?"},
+    ]
+    assert lm.render_prompt(messages, chat=True, raw=False) == (
+        "be brief\nQ: hi\nA: hello\nQ: and you?\nA:",
+        ["Q:"],
+    )
+    assert lm.render_prompt("hi", chat=True, raw=False) == ("Q: hi\nA:", ["Q:"])
+    lm.chat_template = "chatml"  # a chat format of its own wins
+    assert lm.render_prompt("hi", chat=True, raw=False)[0].startswith("<|im_start|>user\nhi")
+    lm.chat_template, lm.prompt_template = None, "{prompt}\n"  # no layout of its own: ChatML as before
+    assert lm.render_prompt("hi", chat=True, raw=False)[1] == ["<|im_end|>"]
+
+
 def test_beam_search_through_the_api(tmp_path):
     from tinylm.generate.beam import beam_search
 

@@ -1,7 +1,9 @@
 """Chat templates: turn a list of {"role", "content"} messages into the prompt text a model expects.
 
 A Hugging Face tokenizer's own template (SmolLM2's ChatML) is used when it has one; our own models use a
-named template. This module renders text only; it does not tokenize, generate or store conversations.
+named template. A model trained on a Q/A prompt template of its own (say "Q: {prompt}\nA:") and no chat
+format gets the conversation in that template instead (`render_in_template`), which is all it has seen.
+This module renders text only; it does not tokenize, generate or store conversations.
 """
 
 from __future__ import annotations
@@ -28,6 +30,22 @@ def check_messages(messages: list[dict]) -> None:
             raise TinylmError(
                 f"message {i}: expected {{'role': one of {', '.join(ROLES)}, 'content': str}}, found {m!r}"
             )
+
+
+def render_in_template(messages: list[dict], template: str) -> tuple[str, list[str]]:
+    """(prompt text, stop strings) of a conversation laid out in a Q/A model's own prompt template: a system
+    message as a first line, each user message as `template` filled in, each reply right after its
+    question, then a new line. It stops where the model would begin a next question (the template's text
+    before `{prompt}`, if any)."""
+    check_messages(messages)
+    parts = []
+    for m in messages:
+        if m["role"] == "user":
+            parts.append(template.format(prompt=m["content"]))
+        else:
+            parts.append(m["content"] + "\n")
+    head = template.split("{prompt}")[0].strip()
+    return "".join(parts), [head] if head else []
 
 
 def layout_prompt(prompt: str, template: str, tokenizer) -> str:

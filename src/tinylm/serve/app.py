@@ -81,6 +81,7 @@ class Server:
         extra_stops: list[str],
         top_logprobs: int | None,
         param: str,
+        label: str | None = None,
     ) -> Plan:
         """Check every prompt against the context window and make its `n` jobs (seed + j for choice j)."""
         try:
@@ -98,8 +99,8 @@ class Server:
                 raise APIError(
                     400,
                     f"This model's maximum context length is {window} tokens. However, you requested "
-                    f"{len(ids) + wanted} tokens ({len(ids)} in the {param}, {wanted} for the completion). "
-                    f"Please reduce the length of the {param} or the completion.",
+                    f"{len(ids) + wanted} tokens ({len(ids)} in the {label or param}, {wanted} for the "
+                    f"completion). Please reduce the length of the {param} or the completion.",
                     param=param,
                     code="context_length_exceeded",
                 )
@@ -163,23 +164,27 @@ class Server:
             out.append(ids)
         return out
 
-    async def chat_prompt(self, body: ChatRequest) -> tuple[list[int], list[str]]:
-        """(prompt ids, stop strings of the chat template); with RAG, the last user message gets context."""
+    async def chat_prompt(self, body: ChatRequest) -> tuple[list[int], list[str], str]:
+        """(prompt ids, stop strings of the chat template, what the ids hold); with RAG, the last user
+        message gets the retrieved context."""
         messages = [m.as_template_message() for m in body.messages]
         if body.rag and self.retriever is None:
             raise APIError(400, "rag: this server was started without --rag", param="rag")
         users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        label = "messages"
         if self.retriever is not None and body.rag is not False and users:
             from tinylm.chat.prompts import with_context
 
             question = messages[users[-1]]["content"]
             context = await asyncio.to_thread(self.retriever, question)
             messages[users[-1]] = {"role": "user", "content": with_context(question, context)}
+            label = 'messages with the retrieved context ("rag": false leaves it out)'
+
         try:
             text, stops = self.lm.render_prompt(messages, chat=True, raw=False)
         except TinylmError as e:
             raise APIError(400, str(e), param="messages") from None
-        return self.lm.encode(text), stops
+        return self.lm.encode(text), stops, label
 
 
 def create_app(
@@ -266,7 +271,7 @@ def create_app(
     async def chat_completions(body: ChatRequest, http: HTTPRequest) -> dict[str, Any] | StreamingResponse:
         server.check_model(body.model)
         body.unsupported()
-        ids, stops = await server.chat_prompt(body)
+        ids, stops, label = await server.chat_prompt(body)
         plan = server.plan(
             [ids],
             body,
@@ -275,6 +280,7 @@ def create_app(
             extra_stops=stops,
             top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
             param="messages",
+            label=label,
         )
         if body.stream:
             return StreamingResponse(

@@ -51,6 +51,7 @@ def serve(
         from tinylm.chat.session import rag_retriever
 
         retriever = rag_retriever(rag)
+    _check_free(host, port)  # before the (slow) load
     lm = load(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"), quantize=quantize)
     block = lm.config.block_size
     if max_len is not None and not 2 <= max_len <= block:
@@ -70,6 +71,21 @@ def serve(
         )
     print(f"tinylm: {model} on http://{host}:{port} (chat page at /, API at /v1)", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _check_free(host: str, port: int) -> None:
+    """A clear error now for a port that uvicorn could not bind (it would log a traceback and exit 3)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise TinylmError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as e:
+            raise TinylmError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror})") from None
 
 
 @contextmanager

@@ -339,7 +339,10 @@ def test_rag_puts_retrieved_context_into_the_question(checkpoint):
         off = client.chat.completions.create(
             model="tiny", messages=MESSAGES, max_tokens=4, extra_body={"rag": False}
         )
-    assert asked == ["héllo there"]
+        with pytest.raises(openai.BadRequestError) as info:  # the context counts: the error says so
+            client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=1000)
+    assert 'in the messages with the retrieved context ("rag": false leaves it out)' in str(info.value)
+    assert asked == ["héllo there", "héllo there"]
     question = with_context("héllo there", retrieve("héllo there"))
     grounded = [MESSAGES[0], {"role": "user", "content": question}]
     assert on.usage.prompt_tokens == len(

@@ -206,7 +206,7 @@ class LM:
         chat template, raw=True as given, else through the checkpoint's prompt template."""
         if _is_messages(prompt) or chat:
             messages = prompt if _is_messages(prompt) else [{"role": "user", "content": prompt}]
-            if self._knows_no_chat():
+            if self.chats_in_prompt_template():
                 return render_in_template(messages, self.prompt_template)
             return render_chat(messages, self.tokenizer, self.chat_template)
         if raw:
@@ -215,7 +215,7 @@ class LM:
             return render_chat([{"role": "user", "content": prompt}], self.tokenizer, self.chat_template)
         return self.prompt_template.format(prompt=prompt), []
 
-    def _knows_no_chat(self) -> bool:
+    def chats_in_prompt_template(self) -> bool:
         """Whether the model was trained on a Q/A prompt template of its own and has no chat format (no
         tokenizer chat template, no named one, not trained on the chat layout): chat then uses that template."""
         hf = getattr(self.tokenizer, "hf", None)

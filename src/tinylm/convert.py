@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from tinylm.chat.templates import template_as_jinja
 from tinylm.checkpoint import META_FILE, fsync_tree, read_meta, save_checkpoint
 from tinylm.errors import TinylmError
 from tinylm.hf_model import HFCausalLM, check_causal_lm, no_progress_bars
@@ -400,18 +401,26 @@ def _hf_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerBase:
 
 
 def export_hf(
-    model: GPT, config: GPTConfig, out_dir: str | Path, *, tokenizer: Tokenizer | None = None
+    model: GPT,
+    config: GPTConfig,
+    out_dir: str | Path,
+    *,
+    tokenizer: Tokenizer | None = None,
+    chat_template: str | None = None,
 ) -> Path:
     """Write `model` as a Hugging Face model directory (config.json, model.safetensors, tokenizer files).
 
     `AutoModelForCausalLM.from_pretrained(out_dir)` then gives a LlamaForCausalLM (rope + rmsnorm + swiglu,
     no bias), a Qwen2ForCausalLM (the same with qkv_bias) or a GPT2LMHeadModel (learned + layernorm + gelu,
     bias), in float32. Any other config raises a TinylmError naming the fields that block the export.
+    `chat_template` (Jinja) is written with the tokenizer when it has none of its own.
     """
     from transformers import AutoModelForCausalLM
 
     model_type = _export_type(config)
     hf_tokenizer = _hf_tokenizer(tokenizer) if tokenizer is not None else None
+    if hf_tokenizer is not None and chat_template and not hf_tokenizer.chat_template:
+        hf_tokenizer.chat_template = chat_template
     hf_model = AutoModelForCausalLM.from_config(_hf_config(config, model_type, tokenizer))
     state_dict = _state_dict_to_hf(model.state_dict(), config, model_type)
     missing, unexpected = hf_model.load_state_dict(state_dict, strict=False)
@@ -429,7 +438,8 @@ def export_hf(
 def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: bool = True) -> Path:
     """`tinylm export`: a checkpoint (a directory, a run's `last`/`best` link or a model name) -> a new
     Hugging Face model directory at `out_dir` that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained`
-    read. A GPT goes through `export_hf`; a model run through transformers is saved as it is. Written into
+    read. A GPT goes through `export_hf`; a model run through transformers is saved as it is. A model that
+    chats in its own Q/A prompt template gets that layout as the tokenizer's chat template. Written into
     a temporary sibling, flushed, then renamed into place; `out_dir` must be new or an empty directory (not a
     link, not the current directory or one above it), so nothing already there is lost."""
     from tinylm.api import load
@@ -447,12 +457,18 @@ def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: boo
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier run that was killed
     try:
+        chat = template_as_jinja(lm.prompt_template) if lm.chats_in_prompt_template() else None
         if isinstance(lm.model, HFCausalLM):
             lm.model.save_pretrained(tmp)
             if tokenizer:
-                _hf_tokenizer(lm.tokenizer).save_pretrained(tmp)
+                hf_tokenizer = _hf_tokenizer(lm.tokenizer)
+                if chat and not hf_tokenizer.chat_template:
+                    hf_tokenizer.chat_template = chat
+                hf_tokenizer.save_pretrained(tmp)
         else:
-            export_hf(lm.model, lm.config, tmp, tokenizer=lm.tokenizer if tokenizer else None)
+            export_hf(
+                lm.model, lm.config, tmp, tokenizer=lm.tokenizer if tokenizer else None, chat_template=chat
+            )
         fsync_tree(tmp)
         try:  # replaces nothing but an empty directory, even one that filled up since the check above
             os.rename(tmp, out)

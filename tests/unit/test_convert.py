@@ -277,6 +277,28 @@ def test_export_command_writes_a_new_hf_directory(tmp_path, capsys, monkeypatch)
     assert not (tmp_path / "alibi-hf").exists() and not list(tmp_path.glob(".alibi-hf*"))
 
 
+def test_export_keeps_a_qa_prompt_layout_as_the_chat_template(tmp_path):
+    from transformers import AutoTokenizer
+
+    from tinylm import load
+
+    tok = train_tokenizer("bpe", SENTENCES, vocab_size=300)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16, pos="rope",
+                       norm="rmsnorm", mlp="swiglu", bias=False)  # fmt: skip
+    meta = {"prompt_template": "Q: {prompt}\nA:"}  # what a Q/A run saves
+    ck = save_checkpoint(tmp_path / "ck", model=GPT(config), config=config, tokenizer=tok, meta=meta)
+    assert main(["export", str(ck), str(tmp_path / "hf")]) == 0
+    messages = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": " sat"}]
+    messages.append({"role": "user", "content": "a dog"})
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    text = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert (
+        text
+        == load(ck).render_prompt(messages, chat=True, raw=False)[0]
+        == "Q: the cat\nA: sat\nQ: a dog\nA:"
+    )
+
+
 def test_export_of_a_model_run_through_transformers(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 

@@ -8,6 +8,8 @@ This module renders text only; it does not tokenize, generate or store conversat
 
 from __future__ import annotations
 
+import json
+
 from tinylm.errors import TinylmError
 
 TEMPLATES = {
@@ -46,6 +48,17 @@ def render_in_template(messages: list[dict], template: str) -> tuple[str, list[s
             parts.append(m["content"] + "\n")
     head = template.split("{prompt}")[0].strip()
     return "".join(parts), [head] if head else []
+
+
+def template_as_jinja(template: str) -> str:
+    """`render_in_template(messages, template)`'s text as a Hugging Face chat template (Jinja), so a model
+    exported to the Hugging Face layout keeps its own prompt layout (`tokenizer.apply_chat_template`)."""
+    prefix, suffix = (part.replace("{{", "{").replace("}}", "}") for part in template.split("{prompt}", 1))
+    return (
+        "{%- for m in messages -%}{%- if m['role'] == 'user' -%}"
+        f"{{{{ {json.dumps(prefix)} }}}}{{{{ m['content'] }}}}{{{{ {json.dumps(suffix)} }}}}"
+        "{%- else -%}{{ m['content'] }}{{ '\\n' }}{%- endif -%}{%- endfor -%}"
+    )
 
 
 def layout_prompt(prompt: str, template: str, tokenizer) -> str:

@@ -495,7 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere: `tinylm generate ... --debug` as well as before it
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     try:
         args.func(args)
     except TinylmError as e:

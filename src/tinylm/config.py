@@ -575,6 +575,12 @@ def load_test_config(path: str | Path, overrides: list[str] | None = None) -> Te
     """Read and validate a seed-style test config; every problem reported at once."""
     path = Path(path)
     raw = read_yaml(path)
+    if isinstance(raw, dict) and (is_seed_trainer(raw) or "train" in raw):
+        raise ConfigError(
+            ["this is a training config (it has a 'trainer' or 'train' section): run it with `tinylm train`; "
+             "`tinylm test` takes a test config (model_name, data, generate_params, test_params)"],
+            str(path),
+        )  # fmt: skip
     problems: list[str] = []
     for item in overrides or []:
         problems += apply_override(raw, item)

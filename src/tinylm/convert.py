@@ -26,10 +26,12 @@ transformers is imported inside the functions that need it, since it is slow to 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import os
 import shutil
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -625,6 +627,7 @@ def _converted(directory: Path, source: Path) -> Path:
     """`directory` when it already holds a checkpoint, else `source` converted into it."""
     if (directory / META_FILE).is_file():
         return directory
+    print(f"tinylm: converting {source} once into {directory} ...", file=sys.stderr, flush=True)
     return import_pretrained(source, directory)
 
 
@@ -643,10 +646,12 @@ def resolve_model(name_or_path: str | Path) -> Path:
     if (path / "config.json").is_file():
         path = path.resolve()
         return _converted(_models_dir() / f"{path.name}-{_fingerprint(path)}", path)
+    close = difflib.get_close_matches(str(name_or_path), list(REGISTRY), n=1)
     raise TinylmError(
         f"no model {str(name_or_path)!r}: expected a registry name ({', '.join(REGISTRY)}), "
         f"a tinylm checkpoint directory (with {META_FILE}) or a Hugging Face model directory "
         "(with config.json); `tinylm models` lists what is available"
+        + (f"; did you mean {close[0]!r}?" if close else "")
     )
 
 

@@ -5,6 +5,8 @@ import json
 import pytest
 
 from tests.conftest import run_cli, tiny_config, write_config
+from tinylm.cli import main
+from tinylm.errors import TinylmError
 
 
 def _train(tmp_path, data_path, **sections):
@@ -63,9 +65,11 @@ def test_missing_checkpoint(tmp_path):
     _assert_clean_error(run_cli("generate", str(tmp_path / "ck"), "hi"), "ck", "no such checkpoint")
 
 
-def test_debug_shows_the_traceback(tmp_path):
+def test_debug_shows_the_traceback(tmp_path, capsys):
     result = run_cli("--debug", "generate", str(tmp_path / "ck"), "hi")
     assert result.returncode != 0 and "Traceback" in result.stderr
+    with pytest.raises(TinylmError, match="no such checkpoint"):  # after the command too, in-process
+        main(["generate", str(tmp_path / "ck"), "hi", "--debug"])
 
 
 @pytest.mark.parametrize("breakage", ["data", "config"])

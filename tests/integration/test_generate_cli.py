@@ -26,6 +26,9 @@ def test_chat_answers_the_capital_of_france(home):
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     assert (home / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file()
+    assert "tinylm: converting " in result.stderr  # the first load says why it takes a while
+    again = run_cli("generate", "smollm2-135m-instruct", "--chat", "Hi", "--max-new-tokens", "2")
+    assert again.returncode == 0 and "converting" not in again.stderr
 
 
 def test_stream_prints_the_same_text_as_generate(home):

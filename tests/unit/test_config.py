@@ -200,3 +200,9 @@ def test_seed_trainer_config_can_train_on_the_chat_template():
     assert load_config(seed, ["data.prompt_template=chat"]).data.prompt_template == "chat"
     with pytest.raises(ConfigError, match="prompt_template"):
         load_config(seed, ["data.prompt_template=no placeholder"])
+
+
+def test_a_training_config_given_to_test_says_which_command_runs_it():
+    for name in ("examples/sft/trainer_config.yaml", "examples/qa/config.yaml"):
+        with pytest.raises(ConfigError, match=r"this is a training config .* run it with `tinylm train`"):
+            load_test_config(REPO / name)

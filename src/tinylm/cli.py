@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -100,8 +101,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import os
-
     from tinylm.serve import serve
 
     serve(
@@ -499,6 +498,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv  # accepted anywhere: `tinylm generate ... --debug` as well as before it
     args = parser.parse_args([a for a in argv if a != "--debug"])
     args.debug = debug
+    # piped or redirected, rich would lay tables out in 80 columns and cut ids in two: give it room
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    if wide:
+        os.environ["COLUMNS"] = "160"
     try:
         args.func(args)
     except TinylmError as e:
@@ -509,6 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if wide:
+            del os.environ["COLUMNS"]
     return 0
 
 

@@ -15,7 +15,7 @@ from tinylm.cli import main
 
 
 def test_pipe_two_questions_then_resume_with_history_and_list(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("COLUMNS", "200")  # one table row per session
+    monkeypatch.delenv("COLUMNS", raising=False)  # piped output is laid out wide: one table row per session
     ck = str(chat_checkpoint(tmp_path / "ck", constant="a"))  # greedy replies: 'a' * max_new_tokens
     db = str(tmp_path / "chat.sqlite")
     first = run_cli(

@@ -24,16 +24,19 @@ def inspect_data(cfg: RunConfig, *, examples: int = 3) -> dict[str, float]:
     if not isinstance(data.train, QARows):
         console.print(f"text data: {data.stats}; {len(data.train):,} windows of {cfg.data.max_length} tokens")
         return data.stats
-    console.print("[bold]tokens carrying loss are [green]green[/green], the rest dim[/]\n")
+    plain = console.color_system is None  # a pipe or a file: no colours, so mark the loss-carrying runs
+    legend = "«between guillemets»" if plain else "[green]green[/green], the rest dim"
+    console.print(f"[bold]tokens carrying loss are {legend}[/]\n")
     for i, row in enumerate(data.train.rows[:examples]):
         for ids, labels in row:
             console.print(f"[bold]example {i}[/] ({len(ids)} tokens)")
-            console.print(_render(tok, ids, labels))
+            console.print(_render(tok, ids, labels, marks=plain))
             console.print()
     s = data.stats
     n = max(int(s["examples"]), 1)
+    held_out = f" (+{int(s['val_examples'])} held out for validation)" if s.get("val_examples") else ""
     console.print(
-        f"examples {int(s['examples'])}, truncated {int(s['truncated'])} ({s['truncated'] / n:.1%}), "
+        f"train examples {int(s['examples'])}{held_out}, truncated {int(s['truncated'])} ({s['truncated'] / n:.1%}), "
         f"missing end-of-sequence {int(s['missing_eos'])}, tokens carrying loss {int(s['loss_tokens'])}, "
         f"max_length {cfg.data.max_length}"
     )
@@ -44,10 +47,17 @@ def inspect_data(cfg: RunConfig, *, examples: int = 3) -> dict[str, float]:
     return s
 
 
-def _render(tok, ids: list[int], labels: list[int]) -> Text:
-    """Token i predicts labels[i] = ids[i + 1]: colour the predicted token by whether it carries loss."""
+def _render(tok, ids: list[int], labels: list[int], *, marks: bool = False) -> Text:
+    """Token i predicts labels[i] = ids[i + 1]: colour the predicted token by whether it carries loss; with
+    `marks`, also put each run of loss-carrying tokens between « and »."""
     text = Text(tok.decode(ids[:1]), style="dim")
+    inside = False
     for label, target in zip(labels, [*ids[1:], labels[-1]]):
-        piece = tok.token_strings([target])[0]
-        text.append(piece, style="green" if label != IGNORE_INDEX else "dim")
+        carries = label != IGNORE_INDEX
+        if marks and carries != inside:
+            text.append("«" if carries else "»")
+            inside = carries
+        text.append(tok.token_strings([target])[0], style="green" if carries else "dim")
+    if marks and inside:
+        text.append("»")
     return text

@@ -376,9 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("embed", help="embed texts with a checkpoint or a pretrained model")
-    p.add_argument("model")
-    p.add_argument("texts", nargs="+")
-    p.add_argument("--pooling", choices=["mean", "last"], default="mean")
+    p.add_argument(
+        "model", help="a checkpoint dir, a run's last/best link or a model name (see `tinylm models`)"
+    )
+    p.add_argument("texts", nargs="+", help="one or more texts, each embedded on its own")
+    p.add_argument(
+        "--pooling", choices=["mean", "last"], default="mean", help="over the tokens' final hidden states"
+    )
     p.add_argument("--json", action="store_true", help="print the vectors as JSON")
     p.set_defaults(func=cmd_embed)
 

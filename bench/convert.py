@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tinylm.convert import config_from_hf, import_pretrained, state_dict_from_hf
+from tinylm.convert import config_from_hf, copy_from_hf, import_pretrained
 from tinylm.gguf_llama import read_llama_gguf
 from tinylm.model import GPT
 
@@ -40,10 +40,10 @@ def with_transformers(gguf: Path):
 def with_tinylm(gguf: Path):
     from transformers import AutoTokenizer
 
-    hf_config, state = read_llama_gguf(gguf)
+    hf_config, tensors = read_llama_gguf(gguf)
     config = config_from_hf(hf_config)
     model = GPT(config)
-    model.load_state_dict(state_dict_from_hf(state, config, "llama"))
+    copy_from_hf(model, tensors, "llama")  # one tensor at a time, as import_pretrained does
     return model, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
 
 

@@ -256,18 +256,13 @@ def copy_from_hf(model: GPT, tensors: Iterable[tuple[str, Tensor]], model_type: 
     """Copy HF-named tensors into `model` as they come (q, k and v into their rows of qkv), so no more than
     one source tensor is held beside the model: `state_dict_from_hf` without the whole state dict at once."""
     config, params = model.config, model.state_dict()
-    sizes = {"q": config.n_head * config.head_size, "k": config.kv_heads * config.head_size}
-    sizes["v"] = sizes["k"]
-    where: dict[str, list[Tensor]] = {}  # HF name -> the tinylm tensors (or rows of qkv) it fills
-    for ours, theirs in _weight_names(config, model_type).items():
-        row = 0
-        for name in theirs:
-            if len(theirs) == 1:
-                where.setdefault(name, []).append(params[ours])
-                continue
-            n = sizes[name.split(".")[-2][0]]  # model.layers.3.self_attn.k_proj.weight -> k
-            where.setdefault(name, []).append(params[ours][row : row + n])
-            row += n
+    names = _weight_names(config, model_type)
+    assert set(names) == set(params), f"unmapped GPT tensors: {sorted(set(params) ^ set(names))[:3]}"
+    where: dict[str, list[Tensor]] = {}  # HF name -> the tinylm tensors (or row blocks of qkv) it fills
+    for ours, theirs in names.items():
+        parts = params[ours].split(_qkv_sizes(config)) if len(theirs) > 1 else (params[ours],)  # views
+        for name, part in zip(theirs, parts, strict=True):
+            where.setdefault(name, []).append(part)
     missing = set(where)
     for name, t in tensors:
         t = _flip_conv1d(name, t, model_type)
@@ -287,21 +282,25 @@ def copy_from_hf(model: GPT, tensors: Iterable[tuple[str, Tensor]], model_type: 
 
 def _state_dict_to_hf(state_dict: dict[str, Tensor], config: GPTConfig, model_type: str) -> dict[str, Tensor]:
     """The inverse of `state_dict_from_hf`: qkv split back into q, k, v; a tied lm_head left out."""
-    hs, kv = config.head_size, config.kv_heads
-    qkv_sizes = [config.n_head * hs, kv * hs, kv * hs]
     out = {}
     for ours, theirs in _weight_names(config, model_type).items():
-        parts = state_dict[ours].split(qkv_sizes) if len(theirs) > 1 else (state_dict[ours],)
+        parts = state_dict[ours].split(_qkv_sizes(config)) if len(theirs) > 1 else (state_dict[ours],)
         for name, part in zip(theirs, parts, strict=True):
             out[name] = _flip_conv1d(name, part, model_type)
     return out
+
+
+def _qkv_sizes(config: GPTConfig) -> list[int]:
+    """The rows of q, k and v in tinylm's fused qkv projection."""
+    kv = config.kv_heads * config.head_size
+    return [config.n_head * config.head_size, kv, kv]
 
 
 def hf_to_tinylm(hf_model: PreTrainedModel) -> tuple[GPT, GPTConfig]:
     """An in-memory transformers CausalLM (Llama, Qwen2, GPT-2) -> an equivalent tinylm GPT (eval, float32)."""
     config = config_from_hf(hf_model.config)
     model = GPT(config)
-    model.load_state_dict(state_dict_from_hf(hf_model.state_dict(), config, hf_model.config.model_type))
+    copy_from_hf(model, hf_model.state_dict().items(), hf_model.config.model_type)
     return model.eval(), config
 
 

@@ -7,6 +7,7 @@ train, and it holds no conversation state (that is `tinylm.chat`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,10 @@ from tinylm.quantize import check_method
 from tinylm.quantize import quantize as quantize_model
 
 Prompt = str | list[dict[str, str]]  # plain text, or chat messages
+MAX_BEAMS = 64
+SLIDING_WINDOWS = 16
+"""One call generates at most this many context windows of new tokens (the window slides past the first,
+as nanoGPT's sampler does): the bound on what a request may ask for, checked before anything is allocated."""
 
 
 @dataclass
@@ -62,16 +67,55 @@ class GenerationOptions:
     """Keep only the last N tokens of a longer prompt."""
 
     def sampling(self) -> SamplingParams:
-        names = {f.name for f in fields(SamplingParams)}
-        params = SamplingParams(**{k: getattr(self, k) for k in names})
-        problems = params.validate()
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens: expected >= 1, found {self.max_new_tokens}")
-        if self.num_beams < 1:
-            problems.append(f"num_beams: expected >= 1, found {self.num_beams}")
+        """The sampling parameters of these options; TinylmError listing every invalid option."""
+        problems = self.problems()
         if problems:
             raise TinylmError("invalid generation options: " + "; ".join(problems))
-        return params
+        names = {f.name for f in fields(SamplingParams)}
+        return SamplingParams(**{k: getattr(self, k) for k in names})
+
+    def problems(self) -> list[str]:
+        """Every option of the wrong type or out of its range, each naming the option and its value."""
+        ints = ("max_new_tokens", "num_beams", "no_repeat_ngram_size", "top_k", "seed", "max_prompt_tokens")
+        floats = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty")
+        floats += ("presence_penalty", "length_penalty")
+        problems = [
+            f"{name}: expected a whole number, found {getattr(self, name)!r}"
+            for name in ints
+            if getattr(self, name) is not None and not _is_int(getattr(self, name))
+        ]
+        problems += [
+            f"{name}: expected a finite number, found {getattr(self, name)!r}"
+            for name in floats
+            if getattr(self, name) is not None and not _is_finite(getattr(self, name))
+        ]
+        if problems:  # the range checks below assume numbers
+            return problems
+        names = {f.name for f in fields(SamplingParams)}
+        problems += SamplingParams(**{k: getattr(self, k) for k in names}).validate()
+        checks = [
+            ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
+            ("num_beams", 1 <= self.num_beams <= MAX_BEAMS, f"a value in 1..{MAX_BEAMS}"),
+            ("seed", self.seed is None or 0 <= self.seed < 2**64, "a value in 0..2**64-1 (64 bits) or None"),
+            (
+                "max_prompt_tokens",
+                self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
+                ">= 1 or None",
+            ),
+        ]
+        problems += [
+            f"{name}: expected {rule}, found {getattr(self, name)!r}" for name, ok, rule in checks if not ok
+        ]
+        if not isinstance(self.stop, list) or not all(isinstance(s, str) for s in self.stop):
+            problems.append(f"stop: expected a list of strings, found {self.stop!r}")
+        elif any(not s for s in self.stop):
+            problems.append("stop: an empty stop string would end every reply at once")
+        ids = self.stop_token_ids or []
+        if not isinstance(ids, list) or not all(_is_int(i) and i >= 0 for i in ids):
+            problems.append(
+                f"stop_token_ids: expected a list of token ids >= 0, found {self.stop_token_ids!r}"
+            )
+        return problems
 
 
 class LM:
@@ -199,7 +243,29 @@ class LM:
         merged = {k: v for k, v in self.defaults.items() if k in known}
         merged.update({k: v for k, v in given.items() if v is not None})
         opts = GenerationOptions(**merged)
-        return opts, opts.sampling()
+        params = opts.sampling()
+        self._check_fits(opts)
+        return opts, params
+
+    def _check_fits(self, opts: GenerationOptions) -> None:
+        """Refuse what this model cannot do in one call, before any buffer is allocated."""
+        block, vocab = self.config.block_size, self.tokenizer.vocab_size
+        problems = []
+        limit = SLIDING_WINDOWS * block
+        if opts.max_new_tokens > limit:
+            problems.append(
+                f"max_new_tokens: {opts.max_new_tokens} is more than one call generates with this model: at "
+                f"most {limit:,} ({SLIDING_WINDOWS} times its {block}-token context window, which slides)"
+            )
+        if opts.no_repeat_ngram_size > block:
+            problems.append(
+                f"no_repeat_ngram_size: {opts.no_repeat_ngram_size} is longer than the {block}-token window"
+            )
+        bad = [i for i in opts.stop_token_ids or [] if i >= vocab]
+        if bad:
+            problems.append(f"stop_token_ids: {bad} are not token ids of this model (0..{vocab - 1})")
+        if problems:
+            raise TinylmError("invalid generation options: " + "; ".join(problems))
 
     def render_prompt(self, prompt: Prompt, *, chat: bool, raw: bool) -> tuple[str, list[str]]:
         """(prompt text, extra stop strings from a chat template): chat messages or chat=True through the
@@ -267,6 +333,14 @@ class LM:
         )[0]
         ended = bool(best) and best[-1] in stop_ids
         return Generated(tokens=best, logprobs=[], finish_reason="stop" if ended else "length")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_messages(prompt: Any) -> bool:

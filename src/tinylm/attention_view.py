@@ -19,12 +19,14 @@ import html
 import inspect
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from tinylm.errors import TinylmError
+from tinylm.files import check_output_dir, kind_of
 from tinylm.model import GPT, CausalSelfAttention, apply_rope
 from tinylm.tokenize_view import visible
 
@@ -124,7 +126,7 @@ def heatmaps_png(
     fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    fig.savefig(out, format="png")
     return out
 
 
@@ -265,9 +267,9 @@ def render_attention(
     template) and write `out`: a .png heatmap grid of one layer (default: the last) or an .html view."""
     from tinylm.api import load
 
-    out = Path(out)
-    if out.suffix.lower() not in (".png", ".html"):
-        raise TinylmError(f"--out {out}: expected a .png or .html file")
+    out = _out_file(Path(out))
+    if not text:
+        raise TinylmError("the text is empty: give the text whose attention to draw")
     lm = load(model)
     if not isinstance(lm.model, GPT):
         raise TinylmError(f"{model}: attention maps need a GPT; this model is a {type(lm.model).__name__}")
@@ -280,12 +282,30 @@ def render_attention(
         raise TinylmError(f"the text is {len(ids)} tokens; attention maps take at most {limit}: shorten it")
     weights = attention_weights(lm.model, ids)
     tokens = lm.tokenizer.token_strings(ids)
-    if out.suffix.lower() == ".png":
-        return heatmaps_png(weights, tokens, out, layer=layer, head=head)
-    heads = None if head is None else [head]
-    page = head_view_html(weights, tokens, layer=layer, heads=heads, title=f"attention of {model}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:  # written aside, then renamed: a reader never sees half a file
+        if out.suffix.lower() == ".png":
+            heatmaps_png(weights, tokens, tmp, layer=layer, head=head)
+        else:
+            heads = None if head is None else [head]
+            page = head_view_html(weights, tokens, layer=layer, heads=heads, title=f"attention of {model}")
+            tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _out_file(out: Path) -> Path:
+    """`out` if a .png or .html file may be written there (not a folder, not below a file)."""
+    if out.suffix.lower() not in (".png", ".html"):
+        raise TinylmError(
+            f"--out {out}: expected a .png or .html file, found the suffix {out.suffix or '(none)'!r}"
+        )
+    check_output_dir(out.parent, "attention map")
+    if out.exists() and not out.is_file():
+        raise TinylmError(f"--out {out}: expected a file, found {kind_of(out.stat().st_mode)}")
     return out
 
 
@@ -294,5 +314,8 @@ def _index(flag: str, value: int | None, count: int, what: str) -> int | None:
     if value is None:
         return None
     if not -count <= value < count:
-        raise TinylmError(f"{flag} {value}: the model has {count} {what} (0..{count - 1})")
+        raise TinylmError(
+            f"{flag} {value}: the model has {count} {what}; expected 0..{count - 1} "
+            f"(or -{count}..-1, counting from the last)"
+        )
     return value % count

@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from tinylm.errors import CheckpointError
+from tinylm.files import check_input_file
 from tinylm.hf_model import KIND as HF_KIND
 from tinylm.hf_model import HFCausalLM, HFModelConfig
 from tinylm.model import GPTConfig, build_model
@@ -95,17 +97,45 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         config = GPTConfig.from_dict(meta["model"])
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path / META_FILE}: invalid model config: {e}") from None
-    model = build_model(config)
     weights = path / WEIGHTS_FILE
-    if not weights.is_file():
+    if not weights.exists():
         raise CheckpointError(f"{path}: missing {WEIGHTS_FILE}; the checkpoint is incomplete")
-    missing, unexpected = load_model(model, str(weights), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights}: weights do not match the model config (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
+    model = build_model(config)
+    load_weights(model, weights)
     model.to(device).eval()
     return Checkpoint(path, model, config, load_tokenizer(path / "tokenizer"), meta)
+
+
+def load_weights(model: nn.Module, weights: Path, *, device: str | torch.device = "cpu") -> None:
+    """Load a safetensors file into `model`, refusing a file that is not one (empty, truncated, garbage)
+    or whose tensors do not match the model (names or shapes), with the file named."""
+    check_input_file(weights, "weights file", CheckpointError)
+    size = weights.stat().st_size
+    try:
+        with safe_open(weights, framework="pt") as f:  # reads the header only: names, shapes, offsets
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{weights}: not a readable safetensors file ({size} bytes: {e}); the checkpoint is damaged or "
+            "incomplete"
+        ) from None
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    wrong = [
+        f"{n} {shapes[n]}, expected {expected[n]}"
+        for n in expected
+        if n in shapes and shapes[n] != expected[n]
+    ]
+    if wrong:
+        raise CheckpointError(f"{weights}: the weights do not match the model config (shapes {wrong[:5]})")
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False, device=str(device))
+    except (SafetensorError, OSError, RuntimeError) as e:  # a file cut short after its header
+        raise CheckpointError(f"{weights}: the weights cannot be read ({e}); the file is damaged") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: the weights do not match the model config (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -114,12 +144,15 @@ def read_meta(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise CheckpointError(f"{path}: expected a checkpoint directory, found a file")
     meta_file = path / META_FILE
-    if not meta_file.is_file():
+    if not meta_file.exists():
         raise CheckpointError(f"{path}: not a tinylm checkpoint (no {META_FILE})")
+    check_input_file(meta_file, "checkpoint description", CheckpointError)
     try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{meta_file}: unreadable ({e})") from None
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{meta_file}: unreadable ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_file}: expected a JSON object, found {type(meta).__name__}")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(
@@ -138,11 +171,25 @@ def _is_hf(meta: dict[str, Any]) -> bool:
     return isinstance(model, dict) and model.get("kind") == HF_KIND
 
 
-def load_trainer_state(path: str | Path) -> dict[str, Any]:
+def load_trainer_state(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The saved optimizer, loop position and RNG states of a training checkpoint (tensors and plain
+    values only: `weights_only`, so a crafted file runs no code); a damaged file, or one without every
+    key in `keys`, is a CheckpointError."""
     state_file = Path(path) / STATE_FILE
-    if not state_file.is_file():
+    if not state_file.exists():
         raise CheckpointError(f"{path}: no {STATE_FILE}; it cannot be resumed (only loaded for inference)")
-    return torch.load(state_file, map_location="cpu", weights_only=True)
+    check_input_file(state_file, "trainer state", CheckpointError)
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for a damaged file
+        raise CheckpointError(
+            f"{state_file}: not a readable trainer state ({type(e).__name__}: {str(e).partition(chr(10))[0][:200]}); "
+            "the checkpoint cannot be resumed, though its weights may still load for inference"
+        ) from None
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{state_file}: not a tinylm trainer state (missing {', '.join(missing)})")
+    return state
 
 
 class CheckpointManager:
@@ -152,6 +199,7 @@ class CheckpointManager:
         self.root = Path(root)
         self.monitor, self.mode, self.save_top_k = monitor, mode, save_top_k
         self.scores: dict[str, float] = {}  # step dir name -> monitored value
+        self.written: set[str] = set()  # step dirs this run wrote: the only ones it may prune
 
     def step_dir(self, step: int) -> Path:
         return self.root / f"step-{step:06d}"
@@ -167,6 +215,7 @@ class CheckpointManager:
     def record(self, step: int, value: float | None, *, last: bool) -> None:
         """After `step_dir(step)` was saved: update links and drop checkpoints no longer needed."""
         name = self.step_dir(step).name
+        self.written.add(name)
         if value is not None and self.improves(value):
             self.scores[name] = value
             self._trim_scores()
@@ -181,10 +230,14 @@ class CheckpointManager:
         self._prune()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scores": dict(self.scores)}
+        return {"scores": dict(self.scores), "written": sorted(self.written)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the run that saved `state`: its scores, and the step dirs it wrote (checkpoints from
+        before the `written` list: the scored ones and the targets of `last` and `best`)."""
         self.scores = {k: float(v) for k, v in state.get("scores", {}).items()}
+        links = {_target(self.root / "last"), _target(self.root / "best")} - {None}
+        self.written = set(state.get("written", [])) | set(self.scores) | links
 
     def _trim_scores(self) -> None:
         if self.save_top_k < 0:
@@ -193,10 +246,11 @@ class CheckpointManager:
         self.scores = {k: self.scores[k] for k in ranked[: self.save_top_k]}
 
     def _prune(self) -> None:
+        """Remove the step dirs this run wrote that are no longer a top-k, `last` or `best`; never another's."""
         keep = set(self.scores) | {_target(self.root / "last"), _target(self.root / "best")}
-        for d in self.root.glob("step-*"):
-            if d.name not in keep:
-                shutil.rmtree(d, ignore_errors=True)
+        for name in sorted(self.written - keep):
+            shutil.rmtree(self.root / name, ignore_errors=True)
+            self.written.discard(name)
 
 
 def _link(link: Path, target: str) -> None:

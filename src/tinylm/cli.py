@@ -107,12 +107,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         args.model,
         host=args.host,
         port=args.port,
-        api_key=args.api_key or os.environ.get("TINYLM_API_KEY") or None,
+        api_key=args.api_key if args.api_key is not None else os.environ.get("TINYLM_API_KEY"),
         rag=args.rag,
         max_batch=args.max_batch,
         max_len=args.max_len,
         device=args.device,
         quantize=args.quantize,
+        max_request_bytes=args.max_request_bytes,
     )
 
 
@@ -124,12 +125,10 @@ def cmd_chat(args: argparse.Namespace) -> None:
         from rich.table import Table
 
         db = args.db or default_db_path()
-        if not db.is_file():  # listing creates nothing: a mistyped --db is not a new database
-            if args.db is not None:
-                raise TinylmError(f"--db {db}: no such chat database")
+        if args.db is None and not db.exists():  # listing creates nothing
             print(f"no chat sessions yet ({db} does not exist)")
             return
-        with ChatStore(db) as store:
+        with ChatStore(db, write=False) as store:  # a mistyped --db is an error, not a new database
             table = Table(title=f"chat sessions in {store.path}")
             for col in ("session", "model", "messages", "updated", "first question"):
                 table.add_column(col, overflow="fold")
@@ -162,8 +161,9 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     from tinylm.data.formats import read_documents
-    from tinylm.tokenizers import tokenizer_stats, train_tokenizer
+    from tinylm.tokenizers import check_save_dir, tokenizer_stats, train_tokenizer
 
+    check_save_dir(args.out)  # before reading and training: a bad --out fails at once
     texts = [doc for f in args.files for doc in read_documents(f)]
     tok = train_tokenizer(args.kind, texts, vocab_size=args.vocab_size)
     tok.save(args.out)
@@ -218,6 +218,8 @@ def cmd_rag_index(args: argparse.Namespace) -> None:
         url=args.url,
         text_key=args.text_key,
     )
+    for note in r.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(
         f"{args.db}: added {r.added}, updated {r.updated}, skipped {r.skipped}, removed {r.removed} "
         f"file(s); {r.chunks} chunk(s) embedded"
@@ -395,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (slots)")
     p.add_argument("--max-len", type=int, help="context window served (default: the model's, at most 2048)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=1 << 20,
+        metavar="N",
+        help="the largest request body accepted; larger ones are answered 413 (default: 1 MiB)",
+    )
     _quantize_flag(p)
     p.set_defaults(func=cmd_serve)
 
@@ -467,7 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, help="default: the config's data.max_length, else block_size")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: the config's, else this machine's")
     p.add_argument(
-        "--device-memory", help="for the largest batch that fits, e.g. 80GiB (default: this machine's)"
+        "--device-memory",
+        metavar="SIZE",
+        help="for the largest batch that fits, e.g. 80GiB (default: this machine's); a value starting "
+        "with '-' is written --device-memory=VALUE",
     )
     p.add_argument(
         "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override config keys"
@@ -497,9 +509,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 2 the user's input was refused (one message, no traceback),
+    1 an internal error (a bug: the traceback with --debug), 130 interrupted."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere: `tinylm generate ... --debug` as well as before it
+    bad = _undecodable(argv)
+    if bad is not None:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     args = parser.parse_args([a for a in argv if a != "--debug"])
     args.debug = debug
     # piped or redirected, rich would lay tables out in 80 columns and cut ids in two: give it room
@@ -508,18 +526,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["COLUMNS"] = "160"
     try:
         args.func(args)
-    except TinylmError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        return _report(e)
     finally:
         if wide:
             del os.environ["COLUMNS"]
     return 0
+
+
+def _undecodable(argv: list[str]) -> str | None:
+    """What is wrong with the first argument that is not valid UTF-8 (the OS hands its bytes through as
+    lone surrogates), or None when every argument is text."""
+    for position, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raw = arg.encode("utf-8", "surrogateescape")
+            return (
+                f"argument {position} is not valid UTF-8 text: found byte {raw[e.start : e.start + 1]!r} in "
+                f"{raw!r}; pass text in UTF-8"
+            )
+    return None
+
+
+def _report(e: Exception) -> int:
+    """Print one line for an error and return the exit code: 2 for what the user can fix (a refused input,
+    a file the system would not read or write, not enough memory), 1 for a bug in tinylm."""
+    if isinstance(e, TinylmError):
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    if isinstance(e, BrokenPipeError):  # `tinylm ... | head`: the reader left; nothing to say to it
+        return 0
+    if isinstance(e, OSError) and e.filename is not None:
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    if isinstance(e, MemoryError):
+        print("error: out of memory; ask for less (a smaller batch, fewer tokens)", file=sys.stderr)
+        return 2
+    print(
+        f"internal error: {type(e).__name__}: {e}\n"
+        "this is a bug in tinylm: run the same command with --debug for the traceback, and report it",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

@@ -10,22 +10,34 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from tinylm.errors import ConfigError, TinylmError
+from tinylm.errors import ConfigError, DataError, TinylmError
+from tinylm.files import check_input_file
 from tinylm.model import GPTConfig
 
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are rejected, values are checked strictly."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Ranges shared by several fields. Sizes are bounded so that a typo cannot ask for terabytes.
+MAX_TOKENS = 1 << 20  # a context window, a row length, a number of new tokens
+MAX_COUNT = 1 << 31  # steps, epochs, batches, intervals
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range
+MAX_CONFIG_BYTES = 1 << 20
+
+
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class DataConfig(Section):
@@ -36,12 +48,12 @@ class DataConfig(Section):
     split: str = "train"
     val_split: str | None = None
     """A split of the same file used for validation (SFT JSON `val`/`test`); else `val_fraction` is held out."""
-    val_fraction: float = 0.0
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     prompt_key: str | None = None
     response_key: str | None = None
-    max_length: int = 256
+    max_length: int = Field(256, ge=2, le=MAX_TOKENS)
     """Tokens per training row (the model's block_size must be at least this)."""
-    stride: int | None = None
+    stride: int | None = Field(None, ge=1, le=MAX_TOKENS)
     """Pretraining windows start every `stride` tokens (None: every token, as nanoGPT samples)."""
     prompt_template: str = "{prompt}\n"
     """How a Q/A prompt is laid out before its response: contains `{prompt}`, or is `chat` for the model's
@@ -53,46 +65,60 @@ class DataConfig(Section):
 
 class TokenizerConfig(Section):
     kind: Literal["char", "word", "bpe", "hf"] = "char"
-    vocab_size: int | None = None
+    vocab_size: int | None = Field(None, ge=1, le=MAX_TOKENS)
     path: str | None = None
     """Load an existing tokenizer directory instead of training one on the data."""
 
 
 class TrainConfig(Section):
-    batch_size: int = 32
-    max_steps: int | None = None
-    max_epochs: int | None = None
-    learning_rate: float = 1e-3
-    min_lr: float | None = None
+    batch_size: int = Field(32, ge=1, le=MAX_TOKENS)
+    max_steps: int | None = Field(None, ge=1, le=MAX_COUNT)
+    max_epochs: int | None = Field(None, ge=1, le=MAX_COUNT)
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+    min_lr: float | None = Field(None, ge=0.0, le=10.0)
     """Floor of the cosine decay; None: learning_rate / 10."""
-    warmup: float = 0.0
+    warmup: float = Field(0.0, ge=0.0, le=MAX_COUNT)
     """Warmup length: a fraction of all steps if < 1, else a number of steps."""
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float | None = 1.0
-    accumulate_grad_batches: int = 1
+    weight_decay: float = Field(0.1, ge=0.0)
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    accumulate_grad_batches: int = Field(1, ge=1, le=MAX_COUNT)
     precision: Literal["32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
     compile: bool = False
     accelerator: str = "auto"
     devices: int | str = 1
+    """How many devices (>= 1, or -1 for all), "auto", or a list of indices such as "0,1"."""
     strategy: str = "auto"
-    num_nodes: int = 1
-    val_check_interval: int | float = 250
+    num_nodes: int = Field(1, ge=1, le=1 << 16)
+    val_check_interval: int | float = Field(250, gt=0, le=MAX_COUNT)
     """Validate every N optimizer steps (int), or N-th of an epoch (float <= 1)."""
-    eval_batches: int = 20
-    stop_at_val_loss: float | None = None
+    eval_batches: int = Field(20, ge=1, le=MAX_COUNT)
+    stop_at_val_loss: float | None = Field(None, ge=0.0)
     """Stop at the first validation whose val loss is at or under this (time-to-target runs; the learning
     rate schedule stays that of the whole run). None: run all steps."""
-    log_every_n_steps: int = 50
-    overfit_batches: int | float = 0
-    num_sanity_val_steps: int = 2
-    num_workers: int = 0
+    log_every_n_steps: int = Field(50, ge=1, le=MAX_COUNT)
+    overfit_batches: int | float = Field(0, ge=0, le=MAX_COUNT)
+    num_sanity_val_steps: int = Field(2, ge=0, le=MAX_COUNT)
+    num_workers: int = Field(0, ge=0, le=1024)
     compute_metrics: bool = False
     """At each validation, also generate answers for `metric_examples` val examples: BLEU, ROUGE, exact match."""
-    metric_examples: int = 32
+    metric_examples: int = Field(32, ge=1, le=MAX_COUNT)
     freeze: FreezeConfig | None = None
     lora: LoRAConfig | None = None
     """Train low-rank adapters instead of the weights; checkpoints hold the merged weights."""
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: int | str) -> int | str:
+        """Lightning's forms, checked here rather than deep inside Fabric: n >= 1, -1, "auto", "0,1"."""
+        if isinstance(v, int):
+            if v == -1 or 1 <= v <= 1 << 16:
+                return v
+            raise ValueError(f"expected a number of devices >= 1 (or -1 for all), found {v}")
+        text = v.strip()
+        if text == "auto" or text == "-1" or re.fullmatch(r"\d+(\s*,\s*\d+)*\s*,?", text):
+            return text
+        raise ValueError(f'expected a number of devices, -1, "auto" or indices such as "0,1", found {v!r}')
 
 
 class FreezeConfig(Section):
@@ -108,17 +134,18 @@ class FreezeConfig(Section):
 
 
 class LoRAConfig(Section):
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
+    r: int = Field(8, ge=1, le=1 << 16)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     targets: list[str] = ["attn.qkv", "attn.proj"]
 
 
 class CheckpointConfig(Section):
-    every_n_train_steps: int | None = None
+    every_n_train_steps: int | None = Field(None, ge=1, le=MAX_COUNT)
     monitor: str = "val_loss"
     mode: Literal["min", "max"] = "min"
-    save_top_k: int = 1
+    save_top_k: int = Field(1, ge=-1, le=MAX_COUNT)
+    """How many best checkpoints to keep: -1 all, 0 none (only `last`)."""
     save_last: bool = True
     resume: str | None = None
     """`auto` (the run's last checkpoint if there is one) or a checkpoint path."""
@@ -138,18 +165,18 @@ class LoggerConfig(Section):
 
 
 class GenerationDefaults(Section):
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
+    max_new_tokens: int = Field(64, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(0.0, ge=0.0, le=100.0)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: list[str] = []
 
 
 class RunConfig(Section):
     """Everything `tinylm train` needs: data → tokenizer → model → training → checkpoints."""
 
-    out_dir: str = "runs/default"
-    seed: int = 1337
+    out_dir: str = Field("runs/default", min_length=1)
+    seed: int = Field(1337, ge=0, le=SEED_MAX)
     init_from: str | None = None
     """Start from pretrained weights: a tinylm checkpoint, a model name (`tinylm models`) or an HF model dir.
     The model config and tokenizer then come from it; `model` may only override dropout."""
@@ -199,7 +226,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError([f"expected a YAML file, found a directory: {path}"], str(path))
     try:
+        check_input_file(path, "YAML file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise DataError(f"{path.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except DataError as e:
+        raise ConfigError([str(e)], str(path)) from None
+    except RecursionError:
+        raise ConfigError(["nested too deeply"], str(path)) from None
     except UnicodeDecodeError as e:
         raise ConfigError([f"not UTF-8 text (byte {e.start})"], str(path)) from None
     except yaml.YAMLError as e:
@@ -293,8 +327,9 @@ def validate(raw: dict[str, Any], source: str) -> RunConfig:
 def _format_error(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union")))
     found = err.get("input")
-    shown = f"; found {found!r}" if not isinstance(found, dict) else ""
-    return f"{key}: {err['msg']}{shown}"
+    msg = err["msg"].removeprefix("Value error, ")
+    shown = f"; found {found!r}" if not isinstance(found, dict) and "found" not in msg else ""
+    return f"{key}: {msg}{shown}"
 
 
 def _model_problems(model: dict[str, Any], raw: dict[str, Any]) -> list[str]:
@@ -330,8 +365,6 @@ def _consistency_problems(cfg: RunConfig) -> list[str]:
             f"data.prompt_template: must contain '{{prompt}}' or be 'chat' (the model's chat template), "
             f"found {d.prompt_template!r}"
         )
-    if not 0.0 <= d.val_fraction < 1.0:
-        problems.append(f"data.val_fraction: expected a number in [0, 1), found {d.val_fraction}")
     block = cfg.model.get("block_size")
     if isinstance(block, int) and block < d.max_length:
         problems.append(f"model.block_size: {block} is smaller than data.max_length {d.max_length}")
@@ -341,9 +374,13 @@ def _consistency_problems(cfg: RunConfig) -> list[str]:
             f"checkpoint.monitor: '{c.monitor}' needs validation data; set data.val_fraction or "
             "data.val_split, or monitor 'train_loss'"
         )
-    for name in ("batch_size", "accumulate_grad_batches", "log_every_n_steps", "eval_batches", "num_nodes"):
-        if getattr(t, name) < 1:
-            problems.append(f"train.{name}: expected a positive integer, found {getattr(t, name)}")
+    if t.min_lr is not None and t.min_lr > t.learning_rate:
+        problems.append(f"train.min_lr: {t.min_lr} is above train.learning_rate {t.learning_rate}")
+    if isinstance(t.val_check_interval, float) and t.val_check_interval > 1:
+        problems.append(
+            f"train.val_check_interval: a fraction of an epoch is at most 1.0, found {t.val_check_interval} "
+            "(write a whole number of steps as an integer)"
+        )
     if cfg.init_from is not None and set(cfg.model) - {"dropout"}:
         extra = ", ".join(sorted(set(cfg.model) - {"dropout"}))
         problems.append(
@@ -360,9 +397,12 @@ def _consistency_problems(cfg: RunConfig) -> list[str]:
     return problems
 
 
+CONFIG_HEADER = "# written by `tinylm train`: the resolved config of this run\n"
+
+
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML (stored in every checkpoint)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return CONFIG_HEADER + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -533,7 +573,7 @@ def _splits(path: Path) -> list[str]:
 
 class SeedTestData(Section):
     data_dir: str
-    max_prompt_length: int = 256
+    max_prompt_length: int = Field(256, ge=1, le=MAX_TOKENS)
     padding: bool | str = True
     padding_side: Literal["left", "right"] = "left"
     split: str = "test"
@@ -542,20 +582,21 @@ class SeedTestData(Section):
 
 class SeedGenerateParams(Section):
     do_sample: bool = False
-    max_new_tokens: int = 64
-    no_repeat_ngram_size: int = 0
-    top_k: int | None = None
-    top_p: float | None = None
-    temperature: float = 1.0
-    num_beams: int = 1
+    max_new_tokens: int = Field(64, ge=1, le=MAX_TOKENS)
+    no_repeat_ngram_size: int = Field(0, ge=0, le=MAX_TOKENS)
+    top_k: int | None = Field(None, ge=0)
+    """0 or None: no top-k filter (as transformers reads 0)."""
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, ge=0.0, le=100.0)
+    num_beams: int = Field(1, ge=1, le=64)
 
 
 class SeedTestParams(Section):
     do_compute_metrics: bool = True
     log_file: str = "test_log.jsonl"
-    save_steps: int = 16
+    save_steps: int = Field(16, ge=1, le=MAX_COUNT)
     test_model_path: str | None = None
-    batch_size: int = 8
+    batch_size: int = Field(8, ge=1, le=MAX_TOKENS)
 
 
 class TestRunConfig(Section):
@@ -565,7 +606,7 @@ class TestRunConfig(Section):
     data: SeedTestData
     generate_params: SeedGenerateParams = SeedGenerateParams()
     model_name: str
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=SEED_MAX)
     test_params: SeedTestParams = SeedTestParams()
     use_cache: bool = True
     wandb: dict[str, Any] | None = None

@@ -42,10 +42,12 @@ from torch import Tensor
 
 from tinylm.chat.templates import template_as_jinja
 from tinylm.checkpoint import META_FILE, fsync_tree, read_meta, save_checkpoint
-from tinylm.errors import TinylmError
+from tinylm.data.formats import read_json
+from tinylm.errors import CheckpointError, TinylmError
+from tinylm.files import check_output_dir
 from tinylm.hf_model import HFCausalLM, check_causal_lm, no_progress_bars
 from tinylm.model import GPT, GPTConfig
-from tinylm.tokenizers import BPETokenizer, HFTokenizer, Tokenizer
+from tinylm.tokenizers import BPETokenizer, HFTokenizer, Tokenizer, check_hf_folder
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -489,6 +491,7 @@ def _new_dir(out_dir: Path) -> Path:
         raise TinylmError(f"{out_dir}: is a symbolic link; export into a new directory")
     if out == Path.cwd() or out in Path.cwd().parents:
         raise TinylmError(f"{out_dir}: is the current directory or one above it; export into a new directory")
+    check_output_dir(out.parent, "export")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TinylmError(f"{out_dir}: already exists and is not an empty directory; export into a new one")
     return out
@@ -516,16 +519,25 @@ def _locate(source: Path) -> tuple[Path, str | None]:
 
 def _load_hf(source: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The transformers CausalLM and tokenizer at `source`, from local files only."""
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM
 
     directory, kwargs = _hf_source(source)
     try:
         hf_config = AutoConfig.from_pretrained(directory, **kwargs)
-        check_causal_lm(hf_config, source)  # what is no causal LM fails before its weights load
+    except (OSError, ValueError, KeyError, StrictDataclassError) as e:  # a config transformers refuses
+        why = " ".join(str(e).split())  # one line: validation errors span several
+        raise CheckpointError(f"{directory / 'config.json'}: not a usable model config: {why}") from None
+    check_causal_lm(hf_config, source)  # what is no causal LM fails before its weights load
+    if kwargs["gguf_file"] is None:
+        _check_weights(directory, hf_config)
+        kwargs["use_safetensors"] = True  # never a pickle, even one that sits beside the safetensors
+    try:
         with no_progress_bars():
             hf_model = AutoModelForCausalLM.from_pretrained(directory, config=hf_config, **kwargs)
-    except (OSError, ValueError, ImportError) as e:
-        raise TinylmError(f"could not load a Hugging Face model from {source}: {e}") from e
+    except (OSError, ValueError, KeyError, ImportError, SafetensorError) as e:
+        raise CheckpointError(f"could not load a Hugging Face model from {source}: {e}") from None
     return hf_model, _load_hf_tokenizer(source)
 
 
@@ -535,8 +547,78 @@ def _load_hf_tokenizer(source: Path) -> PreTrainedTokenizerBase:
     directory, kwargs = _hf_source(source)
     try:
         return AutoTokenizer.from_pretrained(directory, **kwargs)
-    except (OSError, ValueError, ImportError) as e:
-        raise TinylmError(f"could not load the tokenizer of {source}: {e}") from e
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as e:  # damaged tokenizer files
+        raise CheckpointError(f"could not load the tokenizer of {source}: {e}") from None
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _check_source(source: Path) -> None:
+    """Refuse, before anything reads it, a model folder or GGUF file that is not what it claims: a file in
+    it that is no regular file, a JSON file that does not parse, a config.json without a model_type
+    transformers knows."""
+    directory, gguf_file = _locate(source)
+    check_hf_folder(directory, CheckpointError)
+    if gguf_file is not None:
+        return
+    config_path = directory / "config.json"
+    model_type = read_json(config_path).get("model_type")
+    if not isinstance(model_type, str):
+        raise CheckpointError(
+            f"{config_path}: expected a 'model_type' naming the architecture (llama, qwen2, gpt2, ...), "
+            f"found {model_type!r}"
+        )
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(model_type, list(CONFIG_MAPPING.keys()), n=1)
+        raise CheckpointError(
+            f"{config_path}: model_type {model_type!r} is not an architecture this transformers knows"
+            + (f"; did you mean {close[0]!r}?" if close else "")
+        )
+
+
+def _check_weights(directory: Path, hf_config: PretrainedConfig) -> None:
+    """Before any weight loads: the weights must be safetensors (a pickle can run code when loaded), the
+    model config.json describes must fit in memory (float32), and every tensor of the safetensors files
+    that the model has must have the shape the config implies."""
+    import psutil
+    from safetensors import SafetensorError, safe_open
+    from transformers import AutoModelForCausalLM
+
+    if not any(directory.glob("*.safetensors")):
+        pickles = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise CheckpointError(
+                f"{directory}: tinylm loads only safetensors weights; this folder holds {pickles[0]}, a pickle "
+                "that could run code when loaded. Convert it to model.safetensors where you trust it, e.g. "
+                "`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir)`"
+            )
+        raise CheckpointError(f"{directory}: no weights: expected model.safetensors (or its shards)")
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        meta = AutoModelForCausalLM.from_config(hf_config)
+    expected = {name: tuple(t.shape) for name, t in meta.state_dict().items()}
+    need = 4 * sum(p.numel() for p in meta.parameters())
+    available = psutil.virtual_memory().available
+    if need > available:
+        raise CheckpointError(
+            f"{directory / 'config.json'}: describes a model of {need / 2**30:.1f} GiB in float32; this machine "
+            f"has {available / 2**30:.1f} GiB of memory available"
+        )
+    for file in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(file, "pt") as f:  # reads the header alone
+                shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+        except SafetensorError as e:
+            raise CheckpointError(f"{file}: not a readable safetensors file: {e}") from None
+        for key, shape in shapes.items():
+            if key in expected and shape != expected[key]:
+                raise CheckpointError(
+                    f"{file}: tensor {key} has shape {list(shape)}; {directory / 'config.json'} implies "
+                    f"{list(expected[key])}"
+                )
 
 
 def _hf_source(source: Path) -> tuple[Path, dict[str, Any]]:
@@ -570,6 +652,7 @@ def import_pretrained(source: str | Path, out_dir: Path) -> Path:
     An architecture that tinylm's GPT does not cover is stored in the Hugging Face layout (float32), to run
     through transformers (`HFCausalLM`). A plain llama GGUF (SmolLM2) is read by `tinylm.gguf_llama` in
     one pass, 2-3x faster than through transformers' GGUF loader."""
+    _check_source(Path(source))
     gpt = _from_llama_gguf(Path(source))
     if gpt is not None:
         (model, config), hf_tokenizer = gpt, _load_hf_tokenizer(Path(source))

@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 from torchmetrics.functional.text.rouge import rouge_score
 from torchmetrics.text import SacreBLEUScore
+
+from tinylm.errors import TinylmError
+from tinylm.files import check_output_dir, kind_of
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 _TRAILING = re.compile(r"[\s.!?]+$")
@@ -138,9 +142,12 @@ def _check_pairs(predictions: list[str], references: list[str]) -> None:
 
 def run_test(cfg) -> dict[str, float]:
     """Generate an answer for every example of the split, log prompt / reference / generation as JSONL
-    (flushed every `save_steps`), and return BLEU / ROUGE / exact match (with do_compute_metrics)."""
+    (flushed every `save_steps`), and return BLEU / ROUGE / exact match (with do_compute_metrics).
+
+    The log is written beside its final name and renamed into place when every example is done, so an
+    earlier log is replaced only by a whole one."""
     import json
-    from pathlib import Path
+    import os
 
     import torch
 
@@ -148,8 +155,13 @@ def run_test(cfg) -> dict[str, float]:
     from tinylm.config import SEED_PROMPT, seed_data_file
     from tinylm.data.formats import read_examples
 
+    t = cfg.test_params
+    log_path = _log_file(Path(t.log_file))
+    for key in ("batch_size", "save_steps"):
+        if not isinstance(getattr(t, key), int) or getattr(t, key) < 1:
+            raise TinylmError(f"test_params.{key}: expected a positive integer, found {getattr(t, key)!r}")
     device = "cuda" if cfg.cuda and torch.cuda.is_available() else "cpu"
-    lm = load(cfg.test_params.test_model_path or cfg.model_name, device=device)
+    lm = load(t.test_model_path or cfg.model_name, device=device)
     path = seed_data_file(cfg.data.data_dir) or Path(cfg.data.data_dir)
     examples = read_examples(path, split=cfg.data.split)
     g = cfg.generate_params
@@ -163,22 +175,34 @@ def run_test(cfg) -> dict[str, float]:
         "temperature": 0.0,
     }
     if g.do_sample:
-        options.update(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
-    log_path = Path(cfg.test_params.log_file)
+        options.update(temperature=g.temperature, top_k=g.top_k or None, top_p=g.top_p)  # 0: no top-k
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = log_path.with_name(f".{log_path.name}.tmp-{os.getpid()}")
     metrics = MetricAccumulator()
-    batch = cfg.test_params.batch_size
-    with log_path.open("w") as log:
-        for start in range(0, len(examples), batch):
-            chunk = examples[start : start + batch]
-            prompts = [SEED_PROMPT.format(prompt=e.prompt) for e in chunk]
-            replies = [c.text.strip() for c in lm.complete(prompts, raw=True, **options)]
-            for i, (ex, prompt, reply) in enumerate(zip(chunk, prompts, replies), start):
-                log.write(
-                    json.dumps({"index": i, "prompt": prompt, "reference": ex.response, "generation": reply})
-                    + "\n"
-                )
-                if (i + 1) % cfg.test_params.save_steps == 0:
-                    log.flush()
-            metrics.add(replies, [e.response for e in chunk])
-    return metrics.compute() if cfg.test_params.do_compute_metrics else {"count": float(len(examples))}
+    try:
+        with tmp.open("w", encoding="utf-8") as log:
+            for start in range(0, len(examples), t.batch_size):
+                chunk = examples[start : start + t.batch_size]
+                prompts = [SEED_PROMPT.format(prompt=e.prompt) for e in chunk]
+                replies = [c.text.strip() for c in lm.complete(prompts, raw=True, **options)]
+                for i, (ex, prompt, reply) in enumerate(zip(chunk, prompts, replies), start):
+                    row = {"index": i, "prompt": prompt, "reference": ex.response, "generation": reply}
+                    log.write(json.dumps(row) + "\n")
+                    if (i + 1) % t.save_steps == 0:
+                        log.flush()
+                metrics.add(replies, [e.response for e in chunk])
+        os.replace(tmp, log_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return metrics.compute() if t.do_compute_metrics else {"count": float(len(examples))}
+
+
+def _log_file(path: Path) -> Path:
+    """`path` if the test log may be written there: a file name (or an existing regular file, which is
+    replaced), not a folder, a FIFO or a device, and not below a file; else TinylmError."""
+    check_output_dir(path.parent, "test log (test_params.log_file)")
+    if path.exists() and not path.is_file():
+        raise TinylmError(
+            f"test_params.log_file {path}: expected a file, found {kind_of(path.stat().st_mode)}"
+        )
+    return path

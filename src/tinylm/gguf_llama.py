@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tinylm.errors import TinylmError
+from tinylm.errors import CheckpointError, TinylmError
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig
@@ -60,7 +60,7 @@ def read_llama_gguf(path: str | Path) -> tuple[LlamaConfig, Iterator[tuple[str, 
     try:
         read = _read(Path(path))
     except _BROKEN as e:
-        raise TinylmError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
     return None if read is None else (read[0], _checked(path, read[1]))
 
 
@@ -68,7 +68,7 @@ def _checked(path: str | Path, tensors: Iterator[tuple[str, Tensor]]) -> Iterato
     try:
         yield from tensors
     except _BROKEN as e:
-        raise TinylmError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
 
 
 def _read(path: Path) -> tuple[LlamaConfig, Iterator[tuple[str, Tensor]]] | None:

@@ -163,13 +163,16 @@ class HFCausalLM(nn.Module):
     def from_pretrained(cls, path: str | Path) -> HFCausalLM:
         """The model of an HF model directory or an "hf" checkpoint: float32 (as conversion gives), eval mode.
         Logs one line saying it runs through transformers."""
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM
 
-        try:
+        try:  # safetensors only: a pickle (pytorch_model.bin) could run code as it loads
             with no_progress_bars():
-                hf = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: could not load the transformers model: {e}") from e
+                hf = AutoModelForCausalLM.from_pretrained(
+                    str(path), local_files_only=True, use_safetensors=True
+                )
+        except (OSError, ValueError, SafetensorError) as e:
+            raise CheckpointError(f"{path}: could not load the transformers model: {e}") from None
         model = cls(hf.float()).eval()
         log.warning(
             f"tinylm: {model.config.model_type} runs through transformers' AutoModelForCausalLM, not tinylm's "

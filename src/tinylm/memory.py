@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from tinylm.errors import TinylmError
+from tinylm.files import check_input_file
 from tinylm.model import _SDPA_GQA, GPTConfig, build_model, count_params
 
 GiB = 1024**3
@@ -549,7 +550,10 @@ def _matrix_rows_cols(c: GPTConfig) -> list[tuple[int, int]]:
     return mats + c.n_layer * [(D + 2 * Dkv, C), (C, D), *mlp]
 
 
-def largest_batch(peak_for: Any, budget: int, limit: int = 1 << 20) -> int:
+MAX_BATCH = 1 << 20  # the largest batch the estimate considers (a count, never allocated)
+
+
+def largest_batch(peak_for: Any, budget: int, limit: int = MAX_BATCH) -> int:
     """The largest batch size b <= limit with peak_for(b) <= budget (0 if even 1 does not fit)."""
     if peak_for(1) > budget:
         return 0
@@ -576,7 +580,12 @@ def parse_size(text: str) -> int:
         raise TinylmError(f"--device-memory {text!r}: expected a size such as 80GiB, 24GB, 512MiB or 16G")
     number, unit, binary, b = m.groups()
     scale = _UNITS[unit] if binary or not b or not unit else 1000 ** "bkmgt".index(unit)
-    return int(float(number) * scale)
+    size = float(number) * scale
+    if not 1 <= size <= 1 << 60:  # an exponent past float's range gives inf
+        raise TinylmError(
+            f"--device-memory {text!r}: expected a size from 1 byte to 1 EiB, found {size:g} bytes"
+        )
+    return int(size)
 
 
 def fmt_bytes(n: float) -> str:
@@ -704,9 +713,10 @@ def resolve_subject(source: str | Path, overrides: list[str] | None = None) -> S
     """A YAML training config (loaded as `tinylm train` loads it, seed trainer configs included), a
     checkpoint directory, or a pretrained model name / HF directory (batch 1, the full context)."""
     path = Path(source)
-    if path.is_file():
+    if path.exists() and not path.is_dir():  # a FIFO or a device is refused by its type, never opened
         from tinylm.config import load_config
 
+        check_input_file(path, "training config (YAML)")
         return subject_for_run(load_config(path, overrides), label=str(path))
     from tinylm.convert import resolve_model
 
@@ -841,8 +851,8 @@ def estimate_report(
     """
     if precision not in COLUMNS:
         raise TinylmError(f"--precision {precision!r}: expected one of {', '.join(COLUMNS)}")
-    if batch_size is not None and batch_size < 1:
-        raise TinylmError(f"--batch-size: expected a positive integer, found {batch_size}")
+    if batch_size is not None and not 1 <= batch_size <= MAX_BATCH:
+        raise TinylmError(f"--batch-size: expected an integer in 1..{MAX_BATCH:,}, found {batch_size}")
     if seq_len is not None and not 1 <= seq_len <= subject.config.block_size:
         raise TinylmError(
             f"--seq-len: expected 1..{subject.config.block_size} (the model's block_size), found {seq_len}"

@@ -78,9 +78,12 @@ class GPTConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 out.append(f"{name}={value} must be >= 1 (or null for the default)")
-        if not 0.0 <= self.dropout < 1.0:
+        for name in ("rope_base", "norm_eps", "dropout"):
+            if not math.isfinite(getattr(self, name)):
+                out.append(f"{name}={getattr(self, name)} must be a finite number")
+        if math.isfinite(self.dropout) and not 0.0 <= self.dropout < 1.0:
             out.append(f"dropout={self.dropout} must be in [0, 1)")
-        if self.norm_eps <= 0:
+        if self.norm_eps <= 0:  # nan and inf are refused above
             out.append(f"norm_eps={self.norm_eps} must be > 0")
         if self.kind != "gpt" or self.n_head < 1:
             return out

@@ -12,11 +12,15 @@ What this module does not do: no live plotting, no TensorBoard or W&B reading, n
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 
+from tinylm.data.formats import read_text
 from tinylm.errors import DataError
+from tinylm.files import check_input_file, check_output_dir, kind_of
 
 METRICS_FILE = "metrics.csv"
 PANELS = (  # (title, y label, the metrics drawn in it)
@@ -29,33 +33,41 @@ PANELS = (  # (title, y label, the metrics drawn in it)
 def read_curves(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """{metric name: [(step, value), ...] in file order} from RUN_DIR/metrics.csv (or a CSV file given
     directly). Raises DataError naming the file and line for a missing, empty or malformed log."""
-    path = Path(run_dir)
-    expected = f"expected a run directory written by `tinylm train` (RUN_DIR/{METRICS_FILE})"
-    if not path.exists():
-        raise DataError(f"{path} does not exist: {expected}")
-    if path.is_dir():
-        path = path / METRICS_FILE
-        if not path.is_file():
-            raise DataError(f"{path.parent} has no {METRICS_FILE}: {expected}")
+    path = _metrics_file(Path(run_dir))
     curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    try:
         header = next(reader, None)
         if header != ["step", "name", "value"]:
             raise DataError(f"{path}, line 1: expected the header 'step,name,value', found {header!r}")
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
             if not row:
                 continue
             try:
                 step, name, value = int(row[0]), row[1], float(row[2])
             except (ValueError, IndexError):
                 raise DataError(
-                    f"{path}, line {line}: expected step (an integer), name, value (a number); found {row!r}"
+                    f"{path}, line {reader.line_num}: expected step (an integer), name, value (a number); "
+                    f"found {row!r}"[:500]
                 ) from None
             curves[name].append((step, value))
+    except csv.Error as e:  # a field past csv's size limit, a stray quote, ...
+        raise DataError(f"{path}, line {reader.line_num}: not a CSV row: {e}") from None
     if not curves:
         raise DataError(f"{path}: no metrics yet (only the header); the run logs every log_every_n_steps")
     return dict(curves)
+
+
+def _metrics_file(path: Path) -> Path:
+    """RUN_DIR/metrics.csv, or `path` itself when it is a file; DataError if neither is a readable file."""
+    expected = f"expected a run directory written by `tinylm train` (RUN_DIR/{METRICS_FILE})"
+    if not path.exists():
+        raise DataError(f"{path} does not exist: {expected}")
+    if path.is_dir():
+        if not (path / METRICS_FILE).exists():
+            raise DataError(f"{path} has no {METRICS_FILE}: {expected}")
+        path = path / METRICS_FILE
+    return check_input_file(path, "metrics log")
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, *, dpi: int = 110) -> Path:
@@ -63,8 +75,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, *, dpi: int = 1
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    curves = read_curves(run_dir)
     run_dir = Path(run_dir)
+    out = _out_file(Path(out) if out is not None else _default_dir(run_dir) / "metrics.png")
+    curves = read_curves(run_dir)
     panels = [p for p in PANELS if any(m in curves for m in p[2])]
     if not panels:
         known = ", ".join(sorted(curves))
@@ -93,9 +106,25 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, *, dpi: int = 1
     axes[-1].set_xlabel("optimizer step")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(run_dir.resolve().name if run_dir.is_dir() else str(run_dir))
-    out = Path(out) if out is not None else (run_dir if run_dir.is_dir() else run_dir.parent) / "metrics.png"
-    if out.suffix.lower() != ".png":
-        raise DataError(f"--out {out}: expected a .png file")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:  # drawn aside, then renamed: a reader never sees half a PNG
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _default_dir(run_dir: Path) -> Path:
+    return run_dir if run_dir.is_dir() else run_dir.parent
+
+
+def _out_file(out: Path) -> Path:
+    """`out` if a PNG may be written there (a .png name, not a folder, not below a file); else DataError."""
+    if out.suffix.lower() != ".png":
+        raise DataError(f"--out {out}: expected a .png file, found the suffix {out.suffix or '(none)'!r}")
+    check_output_dir(out.parent, "plot", DataError)
+    if out.exists() and not out.is_file():
+        raise DataError(f"--out {out}: expected a .png file, found {kind_of(out.stat().st_mode)}")
     return out

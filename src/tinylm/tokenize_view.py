@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tinylm.errors import TinylmError
+from tinylm.files import kind_of
 from tinylm.tokenizers import Tokenizer, load_tokenizer
 
 COLOURS = ("#3b4a6b", "#6b3b4a", "#3b6b4f", "#6b5a3b", "#4f3b6b", "#3b636b")  # readable under white text
@@ -46,6 +47,10 @@ def find_tokenizer(source: str | Path) -> Tokenizer:
     """The tokenizer of a tokenizer dir, a checkpoint dir (`tokenizer/` inside), an HF model dir, or a
     registry model name (converted once, like `tinylm.load`)."""
     path = Path(source)
+    if path.exists() and not path.is_dir():
+        raise TinylmError(
+            f"{path}: expected a tokenizer or checkpoint directory, found {kind_of(path.stat().st_mode)}"
+        )
     if (path / "tokenizer").is_dir():
         return load_tokenizer(path / "tokenizer")
     if path.is_dir():
@@ -58,6 +63,8 @@ def find_tokenizer(source: str | Path) -> Tokenizer:
 
 
 def tokenize(tokenizer: Tokenizer, text: str) -> Tokenized:
+    if not text:
+        raise TinylmError("the text is empty: give the text to tokenize")
     ids = tokenizer.encode(text)
     unknown = ids.count(tokenizer.unk_id) if tokenizer.unk_id is not None else 0
     return Tokenized(text, ids, tokenizer.token_strings(ids), unknown)

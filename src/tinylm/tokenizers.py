@@ -7,6 +7,8 @@
 
 Every kind saves to a directory holding ``tinylm_tokenizer.json`` (format version and kind, plus the
 vocab for char/word), and ``load_tokenizer`` reads such a directory or any plain HF tokenizer directory.
+A save is written into a temporary sibling and renamed into place; it replaces only an empty folder or a
+tokenizer tinylm saved, never a folder holding anything else.
 
 This module knows nothing about tensors, datasets, models or chat templates: it maps strings to lists of
 ints and back. ``encode`` never adds BOS/EOS; callers that want them append ``eos_id`` themselves.
@@ -16,7 +18,10 @@ Nothing here downloads: HF tokenizers load with ``local_files_only=True``.
 from __future__ import annotations
 
 import json
+import os
 import re
+import secrets
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -24,7 +29,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import tokenizers as hft
 
-from tinylm.errors import TinylmError
+from tinylm.data.formats import read_json, read_text
+from tinylm.errors import DataError, TinylmError
+from tinylm.files import check_input_file, check_output_dir, kind_of
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -35,6 +42,34 @@ FORMAT_VERSION = 1
 META_FILE = "tinylm_tokenizer.json"
 BPE_FILE = "tokenizer.json"
 DEFAULT_BPE_VOCAB_SIZE = 1024
+MAX_VOCAB_SIZE = 1 << 20  # 4x the largest vocabularies in use; the bpe trainer allocates ~72 bytes per entry
+# What a saved tokenizer folder may hold (tinylm's files and those `save_pretrained` writes for an hf kind):
+# a folder holding anything else is not replaced by a save.
+TOKENIZER_FILES = frozenset(
+    {
+        META_FILE,
+        BPE_FILE,
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "merges.txt",
+        "vocab.txt",
+        "tokenizer.model",
+        "spiece.model",
+        "chat_template.jinja",
+        "chat_template.json",
+    }
+)
+# The JSON files transformers reads from a model or tokenizer folder: each must hold a JSON object.
+HF_JSON_FILES = (
+    "config.json",
+    "generation_config.json",
+    BPE_FILE,
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 
 # Raschka, ch. 2: split on punctuation, double dashes and whitespace, keeping the separators.
 _WORD_SPLIT_RE = re.compile(r'([,.:;?_!"()\']|--|\s)')
@@ -131,7 +166,7 @@ class VocabTokenizer:
         return [self.vocab[i] for i in ids]
 
     def save(self, directory: str | Path) -> None:
-        _write_meta(directory, {"kind": self.kind, "vocab": self.vocab})
+        save_dir(directory, lambda d: _write_meta(d, {"kind": self.kind, "vocab": self.vocab}))
 
 
 def _train_char(texts: Iterable[str], vocab_size: int | None) -> VocabTokenizer:
@@ -208,9 +243,11 @@ class BPETokenizer:
         return [self.tok.decode([i], skip_special_tokens=False) for i in ids]
 
     def save(self, directory: str | Path) -> None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        self.tok.save(str(Path(directory) / BPE_FILE))
-        _write_meta(directory, {"kind": self.kind})
+        def write(d: Path) -> None:
+            self.tok.save(str(d / BPE_FILE))
+            _write_meta(d, {"kind": self.kind})
+
+        save_dir(directory, write)
 
 
 def _train_bpe(texts: Iterable[str], vocab_size: int | None) -> BPETokenizer:
@@ -275,9 +312,11 @@ class HFTokenizer:
         return [self.hf.decode([i], skip_special_tokens=False) for i in ids]
 
     def save(self, directory: str | Path) -> None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        self.hf.save_pretrained(str(directory))
-        _write_meta(directory, {"kind": self.kind})
+        def write(d: Path) -> None:
+            self.hf.save_pretrained(str(d))
+            _write_meta(d, {"kind": self.kind})
+
+        save_dir(directory, write)
 
 
 def _load_hf(directory: Path) -> HFTokenizer:
@@ -289,8 +328,8 @@ def _load_hf(directory: Path) -> HFTokenizer:
         ) from e
     try:
         hf = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise TinylmError(f"could not load a Hugging Face tokenizer from {directory}: {e}") from e
+    except (OSError, ValueError, KeyError, TypeError) as e:  # what transformers raises for damaged files
+        raise DataError(f"{directory}: not a loadable Hugging Face tokenizer: {e}") from None
     return HFTokenizer(hf, source=f"the Hugging Face tokenizer in {directory}")
 
 
@@ -310,29 +349,97 @@ def train_tokenizer(kind: str, texts: Iterable[str], *, vocab_size: int | None =
 
     ``vocab_size``: char — optional cap; a cap below the characters seen + 2 is an error, a larger one
     changes nothing. word — keep the ``vocab_size - 2`` most frequent words (ties alphabetical), the rest
-    encode to ``<|unk|>``. bpe — target size, default 1024, at least 258.
+    encode to ``<|unk|>``. bpe — target size, default 1024, at least 258. At most ``MAX_VOCAB_SIZE``.
     """
     if kind not in _TRAINERS:
         hint = " (hf tokenizers are loaded with load_tokenizer, not trained)" if kind == "hf" else ""
         raise TinylmError(
             f"unknown tokenizer kind {kind!r} to train; expected one of {list(TRAINABLE_KINDS)}{hint}"
         )
+    if vocab_size is not None and (
+        not isinstance(vocab_size, int)
+        or isinstance(vocab_size, bool)
+        or not 1 <= vocab_size <= MAX_VOCAB_SIZE
+    ):
+        raise TinylmError(
+            f"vocab_size: expected an integer in 1..{MAX_VOCAB_SIZE:,} (or none, for the kind's default), "
+            f"found {vocab_size!r}"
+        )
     return _TRAINERS[kind](texts, vocab_size)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a directory written by ``Tokenizer.save``, or any Hugging Face tokenizer directory on disk."""
+    """Load a directory written by ``Tokenizer.save``, or any Hugging Face tokenizer directory on disk.
+    DataError naming the file for a folder that holds no tokenizer or a damaged one."""
     directory = Path(path)
     if not directory.is_dir():
-        raise TinylmError(f"tokenizer directory {directory} does not exist or is not a directory")
+        found = f"found {kind_of(directory.stat().st_mode)}" if directory.exists() else "it does not exist"
+        raise DataError(f"{directory}: expected a tokenizer directory, {found}")
+    check_hf_folder(directory)
     if (directory / META_FILE).is_file():
         return _load_saved(directory)
     if (directory / "tokenizer.json").is_file() or (directory / "tokenizer_config.json").is_file():
         return _load_hf(directory)
-    raise TinylmError(
+    raise DataError(
         f"no tokenizer in {directory}: expected {META_FILE} (saved by tinylm) "
         "or tokenizer.json / tokenizer_config.json (a Hugging Face tokenizer)"
     )
+
+
+def check_hf_folder(directory: Path, error: type[TinylmError] = DataError) -> None:
+    """Before anything reads a model or tokenizer folder: every file in it must be a regular file (a FIFO
+    would block the reader for ever), and every JSON file transformers reads must hold a JSON object."""
+    for entry in sorted(directory.iterdir()):
+        if not entry.is_dir():
+            check_input_file(entry, "file", error)
+    for name in HF_JSON_FILES:
+        path = directory / name
+        data = read_json(path) if path.is_file() else {}
+        if not isinstance(data, dict):
+            raise error(f"{path}: expected a JSON object ({{...}}), found a JSON {type(data).__name__}")
+
+
+def check_save_dir(directory: str | Path) -> Path:
+    """`directory` if a tokenizer may be saved there: a new folder, an empty one, or a tokenizer folder
+    tinylm saved (which the save replaces); else a TinylmError saying what is in the way."""
+    directory = check_output_dir(directory, "tokenizer")
+    if not directory.is_dir():
+        return directory
+    entries = list(directory.iterdir())
+    if not entries:
+        return directory
+    others = sorted(
+        e.name for e in entries if e.name not in TOKENIZER_FILES or e.is_symlink() or not e.is_file()
+    )
+    if others or not (directory / META_FILE).is_file():
+        found = f"files that are not a tokenizer's: {', '.join(others[:3])}" if others else f"no {META_FILE}"
+        raise TinylmError(
+            f"{directory}: expected a new or empty folder, or a tokenizer tinylm saved, found {found}"
+            f"{' ...' if len(others) > 3 else ''}; save into a new folder (nothing was written)"
+        )
+    return directory
+
+
+def save_dir(directory: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run `write(folder)` on a new temporary sibling of `directory`, then rename it into place, so a save
+    killed midway leaves the old tokenizer (or nothing), never half of one. `directory` may be new, empty
+    or a tokenizer tinylm saved (`check_save_dir`); nothing else is replaced."""
+    target = check_save_dir(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if target.is_dir() and any(target.iterdir()):  # an earlier save: set aside, then dropped
+            old = target.with_name(f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)  # replaces an empty folder, never a full one
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def tokenizer_stats(tok: Tokenizer, texts: Iterable[str]) -> dict[str, float]:
@@ -354,38 +461,38 @@ def tokenizer_stats(tok: Tokenizer, texts: Iterable[str]) -> dict[str, float]:
 
 
 def _write_meta(directory: str | Path, fields: dict[str, Any]) -> None:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     meta = {"format_version": FORMAT_VERSION, **fields}
-    (directory / META_FILE).write_text(
+    (Path(directory) / META_FILE).write_text(
         json.dumps(meta, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
     )
 
 
 def _load_saved(directory: Path) -> Tokenizer:
     meta_path = directory / META_FILE
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TinylmError(f"cannot read {meta_path}: {e}") from e
+    meta = read_json(meta_path)
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         found = meta.get("format_version") if isinstance(meta, dict) else type(meta).__name__
-        raise TinylmError(
-            f"{meta_path}: format_version {found!r} is not supported; expected {FORMAT_VERSION}"
-        )
+        raise DataError(f"{meta_path}: format_version {found!r} is not supported; expected {FORMAT_VERSION}")
     kind = meta.get("kind")
     if kind in ("char", "word"):
         vocab = meta.get("vocab")
         if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
-            raise TinylmError(f"{meta_path}: a {kind} tokenizer needs 'vocab', a list of strings")
-        return VocabTokenizer(kind, vocab)
+            raise DataError(f"{meta_path}: a {kind} tokenizer needs 'vocab', a list of strings")
+        try:
+            return VocabTokenizer(kind, vocab)
+        except TinylmError as e:
+            raise DataError(f"{meta_path}: {e}") from None
     if kind == "bpe":
         bpe_path = directory / BPE_FILE
+        check_input_file(bpe_path, "bpe tokenizer file")
         try:
-            tok = hft.Tokenizer.from_file(str(bpe_path))
-        except Exception as e:  # the Rust side raises plain Exception for missing or malformed files
-            raise TinylmError(f"cannot read the bpe tokenizer file {bpe_path}: {e}") from e
-        return BPETokenizer(tok)
+            tok = hft.Tokenizer.from_str(read_text(bpe_path))
+        except Exception as e:  # the Rust side raises plain Exception for a malformed file
+            raise DataError(f"{bpe_path}: not a tokenizers file ({e})") from None
+        try:
+            return BPETokenizer(tok)
+        except TinylmError as e:
+            raise DataError(f"{bpe_path}: {e}") from None
     if kind == "hf":
         return _load_hf(directory)
-    raise TinylmError(f"{meta_path}: unknown tokenizer kind {kind!r}; expected one of char, word, bpe, hf")
+    raise DataError(f"{meta_path}: unknown tokenizer kind {kind!r}; expected one of char, word, bpe, hf")

@@ -92,7 +92,7 @@ def test_bad_input_is_a_clear_error_without_traceback(tmp_path, capsys):
     junk.write_text("not a database " * 100)
     assert main(["chat", "--list", "--db", str(junk)]) == 2
     err = capsys.readouterr().err
-    assert f"error: {junk}: not a usable chat database" in err and "Traceback" not in err
+    assert f"error: {junk}: not a SQLite database (corrupted" in err and "Traceback" not in err
     assert main(["chat", "--db", str(tmp_path / "c.sqlite")]) == 2
     assert "expected a MODEL" in capsys.readouterr().err
     assert main(["chat", str(tmp_path / "missing" / "ck"), "--session", "bad id"]) == 2

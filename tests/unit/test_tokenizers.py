@@ -299,7 +299,7 @@ def test_train_unknown_kind_raises(kind: str) -> None:
         ({"format_version": 1, "kind": "morse"}, "unknown tokenizer kind"),
         ({"format_version": 2, "kind": "char", "vocab": []}, "format_version"),
         ({"format_version": 1, "kind": "char", "vocab": ["a"]}, "must hold"),
-        ({"format_version": 1, "kind": "bpe"}, "cannot read the bpe tokenizer file"),
+        ({"format_version": 1, "kind": "bpe"}, "bpe tokenizer file not found"),
     ],
 )
 def test_load_bad_saved_tokenizer_raises(tmp_path: Path, meta: dict, message: str) -> None:

@@ -156,10 +156,21 @@ def _command(chat: Chat, text: str, out: TextIO, err: TextIO) -> None:
         err.write(f"unknown command {text.split()[0]!r}; commands: {', '.join(COMMANDS)}\n")
 
 
-def input_lines(stream: TextIO, prompt: str = "you> ") -> Iterator[str]:
-    """Lines from a terminal (with a prompt and line editing) or from a pipe; stops at end of input."""
+def input_lines(stream: TextIO | None, prompt: str = "you> ") -> Iterator[str]:
+    """Lines from a terminal (with a prompt and line editing) or from a pipe; stops at end of input.
+
+    A pipe's bytes are decoded line by line, so bytes that are not UTF-8 stop the chat with an error naming
+    the line (everything said before it is stored already) instead of a decoder's traceback.
+    """
+    if stream is None:  # started with stdin closed (`0<&-`): nothing to read
+        return
     if not stream.isatty():
-        yield from stream
+        raw = getattr(stream, "buffer", None)
+        if raw is None:  # already text (a StringIO)
+            yield from stream
+            return
+        for number, line in enumerate(raw, start=1):
+            yield _decoded(line, f"line {number}")
         return
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (importing it gives input() line editing and history)
@@ -168,6 +179,22 @@ def input_lines(stream: TextIO, prompt: str = "you> ") -> Iterator[str]:
             yield input(prompt)
         except EOFError:
             return
+        except UnicodeDecodeError as err:
+            raise _not_utf8(err.object, err.start, "the line typed") from None
+
+
+def _decoded(line: bytes, where: str) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(line, err.start, where) from None
+
+
+def _not_utf8(data: bytes, start: int, where: str) -> TinylmError:
+    return TinylmError(
+        f"stdin: not valid UTF-8 ({where}, byte {start + 1}: found {data[start : start + 1]!r}); the chat "
+        "stopped there, and what was said before it is stored; send UTF-8 text"
+    )
 
 
 def new_session_id() -> str:
@@ -195,14 +222,15 @@ def run_chat(
     db: str | Path | None = None,
     strategy: str = DEFAULT_STRATEGY,
     rag: str | Path | None = None,
-    stdin: TextIO = sys.stdin,
-    stdout: TextIO = sys.stdout,
-    stderr: TextIO = sys.stderr,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
     quantize: str = "none",
     **options: Any,
 ) -> str:
     """Chat with `model` over stdin/stdout, stored in `db` under `session` (new if absent); the session id.
-    quantize="int8" loads weight-only int8 weights (`tinylm.quantize`)."""
+    quantize="int8" loads weight-only int8 weights (`tinylm.quantize`). The streams default to sys.stdin,
+    sys.stdout and sys.stderr as they are at the call (a test or the CLI may have replaced them)."""
     from tinylm.api import load
 
     check_strategy(strategy)
@@ -222,7 +250,8 @@ def run_chat(
             **options,
         )
         state = f"resumed, {len(chat.history)} messages" if resumed else "new"
+        stderr = stderr or sys.stderr
         stderr.write(f"session {session_id} ({state}) in {store.path}; /help for commands\n")
         stderr.flush()
-        run_repl(chat, input_lines(stdin), stdout, stderr)
+        run_repl(chat, input_lines(stdin or sys.stdin), stdout or sys.stdout, stderr)
     return session_id

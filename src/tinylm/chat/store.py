@@ -8,7 +8,9 @@ else. SQLite's journal makes each commit all-or-nothing, so the file always open
 Schema (version 1): ``schema_version(version)``, ``sessions(id, model, system, created, updated)`` and
 ``messages(id, session_id, role, content, created)``, where messages are user and assistant turns in the
 order they were said (the system prompt lives on the session). A file written by a newer tinylm is refused
-rather than guessed at.
+rather than guessed at. The file is opened through `tinylm.sqlite.connect` (read-only for a listing), so a
+folder, a FIFO, a corrupted or read-only file is refused with a message naming it, and a write that the
+file or its disk refuses later (locked, full) is a StoreError, not a traceback.
 
 This module stores text; it does not generate, count tokens or decide what fits a context window.
 """
@@ -16,14 +18,14 @@ This module stores text; it does not generate, count tokens or decide what fits 
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from tinylm.errors import TinylmError
+from tinylm.sqlite import connect, errors
 
 SCHEMA_VERSION = 1
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -80,17 +82,20 @@ def check_session_id(session_id: str) -> str:
 class ChatStore:
     """An open chat database. Use as a context manager, or call `close`."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, write: bool = True):
+        """Open (with `write`, create) the database at `path`; without `write` it is opened read-only and a
+        missing file is an error, so listing sessions never makes a file."""
         self.path = Path(path)
+        self.conn = connect(self.path, what="chat database", create=write, write=write, error=StoreError)
+        self.conn.isolation_level = None  # explicit transactions below
+        self.empty = False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions below
-            self.conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path}: not a usable chat database ({e})") from e
-        except OSError as e:
-            raise StoreError(f"{self.path}: cannot open the chat database ({e})") from e
+            with self._errors():
+                self.conn.execute("PRAGMA foreign_keys = ON")
+                self._migrate(write)
+        except BaseException:
+            self.conn.close()
+            raise
 
     def __enter__(self) -> ChatStore:
         return self
@@ -133,9 +138,12 @@ class ChatStore:
     # -- messages -----------------------------------------------------------------------------------
     def messages(self, session_id: str) -> list[dict[str, str]]:
         """The session's user and assistant messages, oldest first."""
-        rows = self.conn.execute(
-            "SELECT role, content FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
-        )
+        if self.empty:
+            return []
+        with self._errors():
+            rows = self.conn.execute(
+                "SELECT role, content FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
+            ).fetchall()
         return [{"role": role, "content": content} for role, content in rows]
 
     def add_message(self, session_id: str, role: str, content: str) -> None:
@@ -155,19 +163,28 @@ class ChatStore:
             self.conn.execute("UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), session_id))
 
     # -- helpers ------------------------------------------------------------------------------------
+    def _errors(self) -> AbstractContextManager[None]:
+        """SQLite errors the file or its disk cause (read-only, locked, full, corrupted) as StoreErrors."""
+        return errors(self.path, "chat database", StoreError)
+
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK when the block raises."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK when the block raises (a failed write included)."""
+        with self._errors():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    self.conn.execute("ROLLBACK")
+                raise
 
-    def _migrate(self) -> None:
+    def _migrate(self, write: bool) -> None:
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables and not write:  # an empty file, opened to read: no sessions yet
+            self.empty = True
+            return
         if not tables:
             # one script, one transaction: the file holds the whole schema or none of it
             self.conn.executescript(
@@ -187,14 +204,17 @@ class ChatStore:
             )
 
     def _session_rows(self, where: str, params: tuple) -> list[SessionInfo]:
-        rows = self.conn.execute(
-            f"""
-            SELECT s.id, s.model, s.system, s.created, s.updated,
-                   (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id),
-                   (SELECT content FROM messages m WHERE m.session_id = s.id AND m.role = 'user'
-                    ORDER BY m.id LIMIT 1)
-            FROM sessions s {where} ORDER BY s.updated DESC, s.id
-            """,
-            params,
-        )
+        if self.empty:
+            return []
+        with self._errors():
+            rows = self.conn.execute(
+                f"""
+                SELECT s.id, s.model, s.system, s.created, s.updated,
+                       (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id),
+                       (SELECT content FROM messages m WHERE m.session_id = s.id AND m.role = 'user'
+                        ORDER BY m.id LIMIT 1)
+                FROM sessions s {where} ORDER BY s.updated DESC, s.id
+                """,
+                params,
+            ).fetchall()
         return [SessionInfo(*row) for row in rows]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tinylm.errors import DataError
+from tinylm.files import check_input_file
 
 END_MARKER = "<end>"
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
@@ -114,10 +115,9 @@ def _document(path: Path) -> str:
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a file")
+    check_input_file(path)  # a FIFO or a device would block the read forever: refused by its type
 
 
 def read_text(path: Path) -> str:
@@ -149,6 +149,7 @@ def _suffix(path: Path) -> str:
 
 def _load_records(path: Path, split: str) -> tuple[list[Located], str]:
     """The file's records and a name for them in an empty-dataset message ("file", "split 'test'")."""
+    _check_file(path)
     suffix = _suffix(path)
     if suffix == ".json":
         return _json_records(path, read_json(path), split)
@@ -162,11 +163,23 @@ def _load_records(path: Path, split: str) -> tuple[list[Located], str]:
 
 def read_json(path: Path) -> Any:
     """The parsed JSON of a file; a syntax error is a DataError naming the file, line and column."""
-    text = read_text(path)
+    return parse_json(path, read_text(path))
+
+
+def parse_json(path: Path, text: str, where: str = "") -> Any:
+    """json.loads with the errors a file can cause as DataErrors: bad syntax (line and column), and
+    nesting deeper than Python's parser goes (RecursionError)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+        at = (
+            f"{where}invalid JSON at line {err.lineno}, column {err.colno}"
+            if not where
+            else (f"{where}invalid JSON at column {err.colno}")
+        )
+        raise DataError(f"{path}: {at}: {err.msg}") from None
+    except RecursionError:
+        raise DataError(f"{path}: {where}JSON nested too deeply (more than about 1,000 levels)") from None
 
 
 def _json_records(path: Path, data: Any, split: str) -> tuple[list[Located], str]:
@@ -219,10 +232,7 @@ def jsonl_records(path: Path) -> list[Located]:
     for number, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            records.append((f"line {number}", json.loads(line)))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: line {number}: invalid JSON at column {err.colno}: {err.msg}") from None
+        records.append((f"line {number}", parse_json(path, line, f"line {number}: ")))
     return records
 
 

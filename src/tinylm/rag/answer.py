@@ -44,7 +44,7 @@ def ask(db: str | Path, question: str, model: str | Path | LM, *, k: int = 4, **
 
     `options` are generation options (`tinylm.api.GenerationOptions`), e.g. max_new_tokens, temperature.
     """
-    hits = retrieve(db, question, k)
+    hits = retrieve(db, question, k)  # checks k first
     lm = model if isinstance(model, LM) else load(model)
     prompt = compose_prompt(question, hits, chat=has_chat_template(lm))
     return Answer(lm.generate(prompt, raw=True, **options).strip(), hits, prompt)

@@ -6,19 +6,26 @@ backend), `documents` (absolute path, sha256, mtime, the chunking it was cut wit
 in the document, section label, token span) and `vectors` (chunk id → float32 blob). Ids are AUTOINCREMENT,
 so a chunk id is never reused: a Qdrant point left behind by a failed write can never name another chunk.
 
+The file is opened through `tinylm.sqlite.connect` (to write when indexing, read-only otherwise), so a
+folder, a FIFO, another kind of file or a read-only one is refused with a message naming it; SQLite errors
+the file or its disk cause later (locked, full, corrupted) become DataErrors the same way.
+
 This module stores and fetches rows; it does not read files, embed or rank.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from tinylm.errors import DataError
 from tinylm.rag.chunking import Chunk
 from tinylm.rag.documents import Document
+from tinylm.sqlite import connect, errors
 
 FORMAT_VERSION = 1
 SCHEMA = """
@@ -92,27 +99,19 @@ class RagDB:
 
     @classmethod
     def open(cls, path: str | Path, *, create: bool = False) -> RagDB:
-        """Open the database at `path`; with `create`, make a new one when the file does not exist."""
+        """Open the database at `path`; with `create`, make a new one when the file does not exist, and
+        open it to write (without, it is opened read-only and nothing is created)."""
         path = Path(path).expanduser().resolve()
-        new = not path.exists() or path.stat().st_size == 0
-        if new and not create:
-            raise DataError(
-                f"{path}: no such RAG database; build one with `tinylm rag index PATHS --db {path}`"
-            )
-        if path.is_dir():
-            raise DataError(f"{path}: is a directory, expected a RAG database file")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path)
-        conn.execute("PRAGMA foreign_keys = ON")
+        if not create and not os.path.lexists(path):
+            raise DataError(_missing(path, "no such RAG database"))
+        conn = connect(path, what="RAG database", create=create, write=create, error=DataError)
         try:
-            if new:
-                conn.executescript(SCHEMA)
-                with conn:
-                    conn.execute("INSERT INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
-            row = conn.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
-        except sqlite3.DatabaseError as err:
+            with errors(path, "RAG database", DataError):
+                conn.execute("PRAGMA foreign_keys = ON")
+                row = _format_version(conn, path, create)
+        except BaseException:
             conn.close()
-            raise DataError(f"{path}: not a tinylm RAG database ({err})") from None
+            raise
         if row is None or row[0] != str(FORMAT_VERSION):
             conn.close()
             found = "no format version" if row is None else f"format version {row[0]}"
@@ -130,21 +129,28 @@ class RagDB:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def transaction(self) -> sqlite3.Connection:
-        """A context manager that commits on success and rolls back on an exception."""
-        return self.conn
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Commit the block's writes on success, roll them back on an exception; a write the file or its
+        disk refuses (read-only, locked, full) is a DataError naming the database."""
+        with self.errors(), self.conn:
+            yield self.conn
+
+    def errors(self) -> AbstractContextManager[None]:
+        """SQLite errors the file or its disk cause inside the block, as DataErrors naming the database."""
+        return errors(self.path, "RAG database", DataError)
 
     # -- settings -----------------------------------------------------------------------------------
     def settings(self) -> Settings | None:
         """The settings the database was built with, or None before its first document."""
-        meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+        meta = dict(self._rows("SELECT key, value FROM meta"))
         if "embedder" not in meta:
             return None
         values = {f.name: f.type for f in fields(Settings)}
         return Settings(**{k: int(meta[k]) if values[k] == "int" else meta[k] for k in values if k in meta})
 
     def save_settings(self, settings: Settings) -> None:
-        with self.conn:
+        with self.transaction():
             self.conn.executemany(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 [(k, str(v)) for k, v in asdict(settings).items()],
@@ -153,15 +159,13 @@ class RagDB:
     # -- documents and chunks -----------------------------------------------------------------------
     def documents(self) -> dict[str, StoredDocument]:
         """Every indexed document by its absolute path."""
-        rows = self.conn.execute(
-            "SELECT id, path, sha256, mtime, chunk_size, overlap FROM documents ORDER BY path"
-        ).fetchall()
+        rows = self._rows("SELECT id, path, sha256, mtime, chunk_size, overlap FROM documents ORDER BY path")
         return {row[1]: StoredDocument(*row) for row in rows}
 
     def chunk_ids(self, path: str) -> list[int]:
-        rows = self.conn.execute(
+        rows = self._rows(
             "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.path = ?", (path,)
-        ).fetchall()
+        )
         return [row[0] for row in rows]
 
     def add_document(
@@ -187,7 +191,7 @@ class RagDB:
         self.conn.execute("DELETE FROM documents WHERE path = ?", (path,))
 
     def touch(self, path: str, mtime: float) -> None:
-        with self.conn:
+        with self.transaction():
             self.conn.execute("UPDATE documents SET mtime = ? WHERE path = ?", (mtime, path))
 
     def chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
@@ -195,9 +199,34 @@ class RagDB:
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
-        rows = self.conn.execute(
+        rows = self._rows(
             "SELECT c.id, d.path, c.section, c.position, c.token_start, c.token_end, c.text "
             f"FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks})",
             [int(i) for i in ids],
-        ).fetchall()
+        )
         return {row[0]: StoredChunk(*row) for row in rows}
+
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        with self.errors():
+            return self.conn.execute(sql, params).fetchall()
+
+
+def _missing(path: Path, found: str) -> str:
+    return f"{path}: {found}; build one with `tinylm rag index PATHS --db {path}`"
+
+
+def _format_version(conn: sqlite3.Connection, path: Path, create: bool) -> tuple[str] | None:
+    """The database's format version row; an empty file opened with `create` gets the schema first."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables and not create:
+        raise DataError(_missing(path, "an empty file, not a RAG database yet"))
+    if not tables:
+        conn.executescript(SCHEMA)
+        with conn:
+            conn.execute("INSERT INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
+    elif "meta" not in tables:
+        raise DataError(
+            f"{path}: not a tinylm RAG database (no meta table; tables: {', '.join(sorted(tables))}); "
+            "index into another --db"
+        )
+    return conn.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()

@@ -2,8 +2,9 @@
 
 .txt/.md files are one section each; .html/.htm lose their tags (stdlib `html.parser`; script and style are
 dropped); .pdf files give a section per page (pypdf); .json/.jsonl files give a section per record, its text
-under `text_key`. Folders are walked for these suffixes, skipping hidden files and folders. Every problem is
-a `DataError` naming the file, the record or line and the key.
+under `text_key`. Folders are walked for these suffixes, skipping hidden files and folders, and noting any
+FIFO, socket, device or broken link (never opened: a FIFO would block the read). Every problem is a
+`DataError` naming the file, the record or line and the key.
 
 This module does not chunk, embed or store anything.
 """
@@ -11,8 +12,9 @@ This module does not chunk, embed or store anything.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -28,6 +30,7 @@ from tinylm.data.formats import (
     string_field,
 )
 from tinylm.errors import DataError
+from tinylm.files import check_input_file, kind_of
 
 SUFFIXES = (".txt", ".md", ".html", ".htm", ".pdf", ".json", ".jsonl")
 
@@ -50,28 +53,40 @@ class Document:
     sections: tuple[Section, ...]
 
 
-def find_files(paths: Iterable[str | Path]) -> list[Path]:
+def find_files(paths: Iterable[str | Path], notes: list[str] | None = None) -> list[Path]:
     """The absolute paths of the supported files among `paths`, folders walked, sorted and without repeats.
 
-    An empty folder gives no files (so a re-index can remove what was in it); a missing path is an error.
+    An empty folder gives no files (so a re-index can remove what was in it); a missing path is an error,
+    and so is a named path that is not a regular file (a FIFO would block the read forever). A FIFO, socket,
+    device or broken link found while walking a folder is skipped, with a line about it added to `notes`.
     """
     found: set[Path] = set()
     for given in paths:
-        path = Path(given).expanduser().resolve()
+        path = Path(given).expanduser()
         if path.is_dir():
-            found.update(
-                f
-                for f in path.rglob("*")
-                if f.suffix.lower() in SUFFIXES
-                and f.is_file()
-                and not any(part.startswith(".") for part in f.relative_to(path).parts)
-            )
-        elif path.is_file():
-            _check_suffix(path)
-            found.add(path)
-        else:
+            found.update(_walk(path.resolve(), notes if notes is not None else []))
+        elif not os.path.lexists(path):
             raise DataError(f"{given}: file or folder not found")
+        else:
+            check_input_file(path, "document", DataError)  # named as given, not as its link resolves
+            _check_suffix(path.resolve())  # the suffix `read_document` will go by
+            found.add(path.resolve())
     return sorted(found)
+
+
+def _walk(root: Path, notes: list[str]) -> Iterator[Path]:
+    """The supported regular files under `root`, hidden ones left out; other kinds of file are noted."""
+    for f in root.rglob("*"):
+        if f.suffix.lower() not in SUFFIXES or any(p.startswith(".") for p in f.relative_to(root).parts):
+            continue
+        if f.is_file():
+            yield f
+        elif not f.is_dir():
+            try:
+                kind = kind_of(f.stat().st_mode)
+            except OSError:
+                kind = "a broken link" if f.is_symlink() else "not readable"
+            notes.append(f"{f}: skipped, {kind} is not a document file")
 
 
 def file_sha256(path: Path) -> str:
@@ -92,7 +107,7 @@ def read_document(path: Path, *, text_key: str = "text") -> Document:
         sections = _record_sections(path, suffix, text_key)
     else:
         text = read_text(path)
-        sections = [Section("", _html_text(text) if suffix in (".html", ".htm") else text)]
+        sections = [Section("", _html_text(path, text) if suffix in (".html", ".htm") else text)]
     sections = [s for s in sections if s.text.strip()]
     if not sections:
         hint = " (a scanned PDF has no text layer)" if suffix == ".pdf" else ""
@@ -137,13 +152,18 @@ def _pdf_sections(path: Path) -> list[Section]:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
+    check_input_file(path, "PDF", DataError)  # pypdf opens the file itself
     try:
         reader = PdfReader(path)
         if reader.is_encrypted:
             raise DataError(f"{path}: the PDF is encrypted; decrypt it first (e.g. `qpdf --decrypt`)")
         return [Section(f"page {i}", page.extract_text() or "") for i, page in enumerate(reader.pages, 1)]
-    except (PyPdfError, ValueError, KeyError) as err:
+    except DataError:
+        raise
+    except PyPdfError as err:
         raise DataError(f"{path}: not a readable PDF: {err}") from None
+    except Exception as err:  # a damaged file trips pypdf in many ways (AttributeError, KeyError, ...)
+        raise DataError(f"{path}: not a readable PDF ({type(err).__name__}: {err})") from None
 
 
 _BLOCK_TAGS = (
@@ -180,10 +200,13 @@ class _HTMLText(HTMLParser):
             self.parts.append(data)
 
 
-def _html_text(html: str) -> str:
+def _html_text(path: Path, html: str) -> str:
     """The visible text of an HTML page: tags, scripts and styles gone, entities decoded, one line per block."""
     parser = _HTMLText()
-    parser.feed(html)
-    parser.close()
+    try:
+        parser.feed(html)
+        parser.close()
+    except AssertionError as err:  # html.parser's way of refusing broken markup, e.g. "<![" sections
+        raise DataError(f"{path}: not readable HTML: {err}") from None
     lines = (re.sub(r"\s+", " ", line).strip() for line in "".join(parser.parts).split("\n"))
     return "\n".join(line for line in lines if line)

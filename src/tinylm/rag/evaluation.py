@@ -15,7 +15,7 @@ from pathlib import Path
 from tinylm.data.formats import as_object, jsonl_records, string_field
 from tinylm.errors import DataError
 from tinylm.rag.db import RagDB
-from tinylm.rag.retrieval import Hit, retrieve_many
+from tinylm.rag.retrieval import Hit, check_k, retrieve_many
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ def mean_reciprocal_rank(ranks: Sequence[int | None]) -> float:
 
 def evaluate(db: str | Path, questions_path: str | Path, k: int = 5) -> EvalReport:
     """Retrieve the top `k` chunks for every question of `questions_path` and score them."""
+    check_k(k)
     questions = read_questions(questions_path)
     with RagDB.open(db) as rag:
         paths = list(rag.documents())

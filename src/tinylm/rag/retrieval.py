@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinylm.errors import DataError, TinylmError
-from tinylm.rag.db import RagDB
+from tinylm.rag.db import RagDB, Settings
 from tinylm.rag.embedders import load_embedder
 from tinylm.rag.store import open_store
 
@@ -53,14 +53,9 @@ def retrieve(db: str | Path, question: str, k: int = 4) -> list[Hit]:
 
 def retrieve_many(db: str | Path, questions: Sequence[str], k: int) -> list[list[Hit]]:
     """`retrieve` for many questions, embedded in one batch."""
-    if k < 1:
-        raise TinylmError(f"k: expected a number of chunks >= 1, found {k}")
+    check_k(k)
     with RagDB.open(db) as rag:
-        settings = rag.settings()
-        if settings is None:
-            raise DataError(
-                f"{rag.path}: the database holds no documents yet; add some with `tinylm rag index`"
-            )
+        settings = built_with(rag)
         model = load_embedder(settings.embedder)
         if model.dim != settings.dim:
             raise DataError(
@@ -88,6 +83,21 @@ def retrieve_many(db: str | Path, questions: Sequence[str], k: int) -> list[list
     return results
 
 
+def check_k(k: int) -> int:
+    """`k` if it is a whole number of chunks >= 1; else a TinylmError naming --k."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise TinylmError(f"--k: expected a whole number of chunks >= 1, found {k!r}")
+    return k
+
+
+def built_with(rag: RagDB) -> Settings:
+    """The settings the open database was built with; a DataError when it holds no documents yet."""
+    settings = rag.settings()
+    if settings is None:
+        raise DataError(f"{rag.path}: the database holds no documents yet; add some with `tinylm rag index`")
+    return settings
+
+
 def format_sources(hits: Sequence[Hit]) -> str:
     """The hits as numbered sources: `[1] path (chunk 0)` then the chunk's text, a blank line between."""
     return "\n\n".join(f"[{h.rank}] {h.label}\n{h.text}" for h in hits)
@@ -107,7 +117,14 @@ def context_for(db: str | Path, question: str, k: int = 4) -> str:
 
 
 def retriever(db: str | Path, k: int = 4) -> Callable[[str], str]:
-    """`question -> context_for(db, question, k)`: the retrieval hook of `tinylm chat --rag DB`."""
+    """`question -> context_for(db, question, k)`: the retrieval hook of `tinylm chat --rag DB`.
+
+    The database is checked now (it exists, is a tinylm RAG database, holds documents), so a chat started
+    with a bad one stops before its first question rather than at it.
+    """
+    check_k(k)
+    with RagDB.open(db) as rag:
+        built_with(rag)
     return functools.partial(context_for, db, k=k)
 
 

@@ -2,9 +2,9 @@
 
 `tinylm serve MODEL` (or `serve()`) answers /v1/completions, /v1/chat/completions (streamed as server-sent
 events when asked), /v1/embeddings and /v1/models, with a chat page at /. Layout: schemas (request bodies),
-protocol (OpenAI's response and error shapes), replies (batcher events → text cut at stop strings),
-app (the routes), runner (uvicorn), page.html. The model runs only in the batcher's thread
-(`tinylm.generate.continuous`).
+guard (the body size limit and strict JSON before any route), protocol (OpenAI's response and error
+shapes), replies (batcher events → text cut at stop strings), app (the routes), runner (argument checks and
+uvicorn), page.html. The model runs only in the batcher's thread (`tinylm.generate.continuous`).
 """
 
 from tinylm.serve.app import create_app

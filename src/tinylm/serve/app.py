@@ -5,7 +5,9 @@ Routes: GET / (the chat page), GET /health, GET /v1/models, POST /v1/completions
 (`tinylm.api.LM`), checks them against the context window and hands token ids to the batcher, which alone
 runs the model. Completions take the prompt as it is (no prompt template), as OpenAI's do; chat renders the
 model's chat template. Unset options take the checkpoint's defaults (greedy unless it says otherwise).
-Errors are answered in OpenAI's shape, and a request that fails validation gets 400, as OpenAI answers.
+Errors are answered in OpenAI's shape, and a request that fails validation gets 400, as OpenAI answers:
+500 means a fault of the server, never of the request. Tokenizing and rendering prompts runs in a worker
+thread, so a large prompt never holds up the event loop (nor /health).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tinylm.api import LM
 from tinylm.errors import TinylmError
 from tinylm.generate.continuous import Batcher, Request
 from tinylm.serve import protocol
+from tinylm.serve.guard import DEFAULT_MAX_REQUEST_BYTES, BodyLimit, JSONRoute
 from tinylm.serve.protocol import APIError
 from tinylm.serve.replies import Reply, Update, run_replies
 from tinylm.serve.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, GenerationBody
@@ -144,6 +147,7 @@ class Server:
 
     # -- prompts ------------------------------------------------------------------------------------
     def completion_prompts(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+        """The prompts as token ids, each checked against the vocabulary (CPU work: run it in a thread)."""
         if isinstance(prompt, str):
             prompt = [prompt]
         if not prompt:
@@ -160,7 +164,8 @@ class Server:
                 )
             if bad:
                 top = self.lm.tokenizer.vocab_size - 1
-                raise APIError(400, f"prompt: token ids must be in 0..{top}, found {bad}", param="prompt")
+                shown = ", ".join(str(i)[:20] for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+                raise APIError(400, f"prompt: token ids must be in 0..{top}, found {shown}", param="prompt")
             out.append(ids)
         return out
 
@@ -180,11 +185,15 @@ class Server:
             messages[users[-1]] = {"role": "user", "content": with_context(question, context)}
             label = 'messages with the retrieved context ("rag": false leaves it out)'
 
+        ids, stops = await asyncio.to_thread(self._render, messages)
+        return ids, stops, label
+
+    def _render(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
         try:
             text, stops = self.lm.render_prompt(messages, chat=True, raw=False)
         except TinylmError as e:
             raise APIError(400, str(e), param="messages") from None
-        return self.lm.encode(text), stops, label
+        return self.lm.encode(text), stops
 
 
 def create_app(
@@ -195,8 +204,13 @@ def create_app(
     retriever: Retriever | None = None,
     max_batch: int = 8,
     max_len: int | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> FastAPI:
-    """The app; its batcher (max_batch rows over a max_len cache) runs while the app runs (lifespan)."""
+    """The app; its batcher (max_batch rows over a max_len cache) runs while the app runs (lifespan).
+    With `api_key`, /v1 wants `Authorization: Bearer KEY`; a body over `max_request_bytes` is answered 413."""
+    problems = [p for p in (api_key_problem(api_key), request_bytes_problem(max_request_bytes)) if p]
+    if problems:
+        raise TinylmError("\n".join(problems))
     batcher = Batcher(lm.model, max_batch=max_batch, max_len=max_len)
     server = Server(lm, batcher, model_name, retriever)
 
@@ -207,6 +221,7 @@ def create_app(
 
     app = FastAPI(title="tinylm", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
+    app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
     _error_handlers(app)
     page = resources.files("tinylm.serve").joinpath("page.html").read_text(encoding="utf-8")
 
@@ -220,7 +235,7 @@ def create_app(
         stats = {"context_length": b.max_len, "max_batch": b.max_batch, **b.stats()}
         return {"status": "ok", "model": model_name, "rag": retriever is not None, **stats}
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_authorize(api_key))])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_authorize(api_key))], route_class=JSONRoute)
 
     @v1.get("/models")
     def models() -> dict[str, Any]:
@@ -235,8 +250,9 @@ def create_app(
     async def completions(body: CompletionRequest, http: HTTPRequest) -> dict[str, Any] | StreamingResponse:
         server.check_model(body.model)
         body.unsupported()
+        prompts = await asyncio.to_thread(server.completion_prompts, body.prompt)
         plan = server.plan(
-            server.completion_prompts(body.prompt),
+            prompts,
             body,
             budget=body.max_tokens,
             default_budget=16,  # OpenAI's default for completions
@@ -316,7 +332,11 @@ def create_app(
             raise APIError(400, f"dimensions: this model's embeddings have {dim}", param="dimensions")
         embed = functools.partial(lm.embed, texts, pooling=body.pooling)
         vectors = await asyncio.wrap_future(server.batcher.call(embed))  # (B, n_embd)
-        tokens = sum(min(len(lm.encode(t)), lm.config.block_size) for t in texts)
+
+        def count() -> int:  # CPU work: in a thread, off the event loop
+            return sum(min(len(lm.encode(t)), lm.config.block_size) for t in texts)
+
+        tokens = await asyncio.to_thread(count)
         return {
             "object": "list",
             "data": [
@@ -400,6 +420,22 @@ def _encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
     return vector.tolist()
 
 
+def api_key_problem(api_key: str | None) -> str | None:
+    """Why `api_key` cannot be the server's key, if it cannot: a blank key must not mean "no key"."""
+    if api_key is not None and not api_key.strip():
+        return (
+            "--api-key: an empty key would disable authentication; give a non-empty key or leave the option "
+            "out (and $TINYLM_API_KEY unset)"
+        )
+    return None
+
+
+def request_bytes_problem(max_request_bytes: int) -> str | None:
+    if isinstance(max_request_bytes, bool) or not isinstance(max_request_bytes, int) or max_request_bytes < 1:
+        return f"--max-request-bytes: expected a number of bytes >= 1, found {max_request_bytes!r}"
+    return None
+
+
 def _authorize(api_key: str | None) -> Callable[[str | None], None]:
     """A dependency that checks `Authorization: Bearer KEY` when the server has a key."""
 
@@ -436,7 +472,7 @@ def _error_handlers(app: FastAPI) -> None:
                 continue
             params.append(field)
             where = ".".join(loc) if loc else "request body"
-            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+            problems.append(f"{where}: {err.get('msg', 'invalid').removeprefix('Value error, ')}")
         error = APIError(400, "; ".join(problems), param=params[0] if params else None)
         return JSONResponse(error.body(), status_code=400)
 

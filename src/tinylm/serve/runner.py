@@ -1,8 +1,9 @@
 """Run the server: `serve()` behind `tinylm serve`, and `running()` to serve an app from a thread.
 
-`serve` loads the model, wires the optional RAG retriever and blocks in uvicorn. It binds 127.0.0.1 unless
-told otherwise and says so when it listens beyond this machine without an API key. `running` starts an app
-on a loopback port of its own in a background thread (tests, notebooks, benchmarks) and stops it on exit.
+`serve` checks every argument (naming its flag, all problems at once) before the slow load, loads the model,
+wires the optional RAG retriever and blocks in uvicorn. It binds 127.0.0.1 unless told otherwise and says so
+when it listens beyond this machine without an API key. `running` starts an app on a loopback port of its
+own in a background thread (tests, notebooks, benchmarks) and stops it on exit.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from fastapi import FastAPI
 
 from tinylm.errors import TinylmError
+from tinylm.serve.guard import DEFAULT_MAX_REQUEST_BYTES
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -34,20 +36,28 @@ def serve(
     max_len: int | None = None,
     device: str | None = None,
     quantize: str = "none",
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> None:
     """Serve `model` (a checkpoint dir, a model name or an HF dir) until interrupted; quantize="int8"
-    serves weight-only int8 weights (`tinylm.quantize`)."""
+    serves weight-only int8 weights (`tinylm.quantize`). A blank `api_key` is refused, not taken as none."""
     import uvicorn
 
     from tinylm.api import load
-    from tinylm.serve.app import create_app
+    from tinylm.serve.app import api_key_problem, create_app, request_bytes_problem
 
-    if max_batch < 1:
-        raise TinylmError(f"--max-batch: expected >= 1, found {max_batch}")
+    problems = [
+        *_address_problems(host, port),
+        api_key_problem(api_key),
+        _count_problem("--max-batch", max_batch, 1),
+        None if max_len is None else _count_problem("--max-len", max_len, 2),
+        request_bytes_problem(max_request_bytes),
+        _device_problem(device),
+        _rag_problem(rag),
+    ]
+    if any(problems):
+        raise TinylmError("\n".join(p for p in problems if p))
     retriever = None
     if rag is not None:
-        if not Path(rag).is_file():
-            raise TinylmError(f"--rag {rag}: no such RAG database (build one with `tinylm rag index`)")
         from tinylm.chat.session import rag_retriever
 
         retriever = rag_retriever(rag)
@@ -63,6 +73,7 @@ def serve(
         retriever=retriever,
         max_batch=max_batch,
         max_len=max_len or min(block, 2048),
+        max_request_bytes=max_request_bytes,
     )
     if host not in LOOPBACK and api_key is None:
         print(
@@ -71,6 +82,49 @@ def serve(
         )
     print(f"tinylm: {model} on http://{host}:{port} (chat page at /, API at /v1)", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _address_problems(host: str, port: int) -> list[str | None]:
+    problems: list[str | None] = []
+    if not isinstance(host, str) or not host.strip():
+        problems.append(f"--host: expected an interface to bind such as 127.0.0.1 or 0.0.0.0, found {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        problems.append(f"--port: expected a port number in 0..65535, found {port!r}")
+    return problems
+
+
+def _rag_problem(rag: str | Path | None) -> str | None:
+    if rag is not None and not Path(rag).is_file():
+        return f"--rag {rag}: no such RAG database (build one with `tinylm rag index`)"
+    return None
+
+
+def _count_problem(flag: str, value: int, least: int) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        return f"{flag}: expected >= {least}, found {value!r}"
+    return None
+
+
+def _device_problem(device: str | None) -> str | None:
+    """Why `device` cannot run the model on this machine, if it cannot."""
+    if device is None:
+        return None
+    forms = "cpu, cuda, cuda:N or mps"
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, TypeError):
+        return f"--device {device!r}: expected {forms}"
+    if kind.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return f"--device {device}: CUDA is not available on this machine (use --device cpu)"
+        if (kind.index or 0) >= count:
+            return f"--device {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}"
+    elif kind.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {device}: MPS is not available on this machine (use --device cpu)"
+    elif kind.type not in ("cpu", "cuda", "mps"):
+        return f"--device {device}: expected {forms}"
+    return None
 
 
 def _check_free(host: str, port: int) -> None:

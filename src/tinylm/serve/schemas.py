@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tinylm.serve.protocol import APIError
 
@@ -41,7 +41,9 @@ class GenerationBody(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(
+        None, ge=-(2**63), le=2**63 - 1
+    )  # choice j: seed + j, in torch's -2**63..2**64-1
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
@@ -96,8 +98,16 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart] | None = Field(None, validate_default=True)
     name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, v: str | list[TextPart] | None, info: ValidationInfo) -> str | list[TextPart] | None:
+        role = info.data.get("role")
+        if v is None and role not in (None, "assistant"):  # only an assistant turn may be empty (tool calls)
+            raise ValueError(f"a {role} message needs content (a string or a list of text parts)")
+        return v
 
     def as_template_message(self) -> dict[str, str]:
         """{"role", "content"} for a chat template: text parts joined, `developer` read as `system`."""

@@ -12,11 +12,14 @@ from rich.text import Text
 from tinylm.config import RunConfig
 from tinylm.convert import resolve_model
 from tinylm.data.datasets import IGNORE_INDEX, QARows
+from tinylm.errors import TinylmError
 from tinylm.tokenizers import load_tokenizer
 from tinylm.train.data import prepare
 
 
 def inspect_data(cfg: RunConfig, *, examples: int = 3) -> dict[str, float]:
+    if not 0 <= examples <= 10_000:
+        raise TinylmError(f"--examples: expected how many examples to show, 0..10000, found {examples}")
     console = Console()
     tokenizer = load_tokenizer(resolve_model(cfg.init_from) / "tokenizer") if cfg.init_from else None
     data = prepare(cfg, tokenizer)

@@ -19,22 +19,24 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from safetensors.torch import load_model
 from torch import Tensor, nn
 
 from tinylm.chat.templates import layout_prompt
 from tinylm.checkpoint import (
+    STATE_FILE,
     WEIGHTS_FILE,
     CheckpointManager,
     is_hf_checkpoint,
     load_trainer_state,
+    load_weights,
     read_meta,
     save_checkpoint,
 )
 from tinylm.config import RunConfig, TrainConfig, dump_config
 from tinylm.convert import resolve_model
 from tinylm.data.datasets import IGNORE_INDEX, BatchLoader, TokenDataset, eval_indices
-from tinylm.errors import ConfigError, TinylmError
+from tinylm.errors import CheckpointError, ConfigError, TinylmError
+from tinylm.files import write_text_atomic
 from tinylm.hf_model import HFCausalLM, HFModelConfig
 from tinylm.model import GPTConfig, build_model, count_params
 from tinylm.tokenizers import load_tokenizer
@@ -42,6 +44,7 @@ from tinylm.train.data import prepare, resolve_resume
 from tinylm.train.loggers import CSVLog, Loggers, TensorBoardLog, WandbLog
 from tinylm.train.optim import lr_at, make_optimizer, warmup_steps_for
 from tinylm.train.progress import Progress
+from tinylm.train.rundir import claim_run_dir
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -75,6 +78,10 @@ def fit(cfg: RunConfig) -> Path:
     resume_from = resolve_resume(cfg.checkpoint.resume, ckpt_root)
     if resume_from is not None and not resume_from.exists():
         raise TinylmError(f"checkpoint.resume: {resume_from} does not exist")
+    if fabric.is_global_zero:  # refuses a folder holding another run; clears what killed saves left
+        for note in claim_run_dir(run_dir, resume_from):
+            console.print(f"out_dir: {note}", highlight=False)
+    fabric.barrier()
     fabric.seed_everything(cfg.seed, verbose=False)
     launched = time.perf_counter()
 
@@ -93,15 +100,12 @@ def fit(cfg: RunConfig) -> Path:
             model_cfg = cfg.model_config_for(tokenizer.vocab_size)
         else:
             model_cfg = replace(GPTConfig.from_dict(read_meta(init)["model"]), **cfg.model)
+        _check_fits(cfg, model_cfg, fabric)  # before a single weight is allocated
         with fabric.init_module():
             raw_model = build_model(model_cfg)
         if init is not None and resume_from is None:
-            load_model(raw_model, str(init / WEIGHTS_FILE), device=str(fabric.device))
+            load_weights(raw_model, init / WEIGHTS_FILE, device=fabric.device)
     adapt(raw_model, t)
-    if not isinstance(raw_model, HFCausalLM):  # the estimate models tinylm's GPT, op by op
-        from tinylm.memory import check_fits  # prints the memory estimate; refuses a run that cannot fit
-
-        check_fits(cfg, raw_model, fabric)
     optimizer = make_optimizer(
         raw_model,
         lr=t.learning_rate,
@@ -148,7 +152,7 @@ def fit(cfg: RunConfig) -> Path:
         if fabric.is_global_zero:
             CSVLog(run_dir).truncate_after(state.step)
     if fabric.is_global_zero:
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
         n, trainable = count_params(raw_model), count_params(raw_model, trainable_only=True)
         console.print(
             f"[bold]tinylm train[/] {n:,} parameters ({n / 1e6:.2f}M), {trainable:,} trainable "
@@ -162,7 +166,7 @@ def fit(cfg: RunConfig) -> Path:
         """Rank 0 saves this step (once) if `value` of the monitored metric is a new top-k or `last` is
         asked for; every rank waits at the barrier, so all ranks take the same path."""
         if fabric.is_global_zero and (last or (value is not None and manager.improves(value))):
-            if not manager.step_dir(state.step).exists():
+            if manager.step_dir(state.step).name not in manager.written:  # best and last: one save
                 save_step()
             manager.record(state.step, value, last=last)
         fabric.barrier()
@@ -274,6 +278,17 @@ def fit(cfg: RunConfig) -> Path:
             console.print(f"step {state.step}: val_loss reached stop_at_val_loss {t.stop_at_val_loss}")
         console.print(f"done: step {state.step}, {summary}; checkpoints in {ckpt_root}")
     return run_dir
+
+
+def _check_fits(cfg: RunConfig, model_cfg: GPTConfig, fabric: Any) -> None:
+    """Print the memory estimate of the run and refuse one that cannot fit, measured on a model built on
+    the meta device (shapes only), so that an oversized config fails before allocating anything."""
+    from tinylm.memory import check_fits
+
+    with torch.device("meta"):
+        probe = build_model(model_cfg)
+        adapt(probe, cfg.train)
+    check_fits(cfg, probe, fabric)
 
 
 def adapt(model: nn.Module, t: TrainConfig) -> None:
@@ -439,17 +454,21 @@ def _rng_state() -> dict[str, Any]:
 def _restore(
     path: Path, model: nn.Module, optimizer, state: TrainState, manager: CheckpointManager, fabric
 ) -> None:
-    from safetensors.torch import load_model
-
     if not isinstance(model, HFCausalLM):  # a transformers model was loaded from `path` already
-        load_model(model, str(path / "model.safetensors"), device=str(fabric.device))
-    saved = load_trainer_state(path)
-    optimizer.load_state_dict(saved["optimizer"])
-    state.step, state.epoch, state.batch = (saved["state"][k] for k in ("step", "epoch", "batch"))
-    state.latest = dict(saved["latest"])
-    manager.load_state_dict(saved["manager"])
-    torch.set_rng_state(saved["rng"]["torch"])
-    random.setstate(saved["rng"]["python"])
+        load_weights(model, path / WEIGHTS_FILE, device=fabric.device)
+    saved = load_trainer_state(path, keys=("optimizer", "state", "latest", "manager", "rng"))
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+        state.step, state.epoch, state.batch = (int(saved["state"][k]) for k in ("step", "epoch", "batch"))
+        state.latest = dict(saved["latest"])
+        manager.load_state_dict(saved["manager"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        random.setstate(saved["rng"]["python"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a state of another shape or model
+        raise CheckpointError(
+            f"{path / STATE_FILE}: does not fit this run ({type(e).__name__}: {str(e)[:200]}); resume from a "
+            "checkpoint of the same config, or start a new out_dir"
+        ) from None
     if "cuda" in saved["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
 

@@ -48,7 +48,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
 def test_bad_files_and_ids_are_clear_errors(tmp_path):
     junk = tmp_path / "junk.sqlite"
     junk.write_text("this is not a database, just text " * 100)
-    with pytest.raises(StoreError, match=r"junk\.sqlite: not a usable chat database"):
+    with pytest.raises(StoreError, match=r"junk\.sqlite: not a SQLite database \(corrupted"):
         ChatStore(junk)
     other = tmp_path / "other.sqlite"
     with sqlite3.connect(other) as raw:

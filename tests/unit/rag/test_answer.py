@@ -84,7 +84,7 @@ def test_context_for_and_the_chat_hook_give_numbered_sources(db):
 
 
 def test_retrieval_errors(db, tmp_path):
-    with pytest.raises(TinylmError, match="k: expected a number of chunks >= 1, found 0"):
+    with pytest.raises(TinylmError, match="k: expected a whole number of chunks >= 1, found 0"):
         retrieve(db, "cats", 0)
     with pytest.raises(DataError, match=r"missing\.db: no such RAG database"):
         retrieve(tmp_path / "missing.db", "cats")

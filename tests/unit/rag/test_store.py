@@ -77,7 +77,7 @@ def test_missing_foreign_and_newer_databases_are_clear_errors(tmp_path):
         RagDB.open(tmp_path / "nope.db")
     text = tmp_path / "text.db"
     text.write_text("not sqlite at all, just some text long enough to be read as a header")
-    with pytest.raises(DataError, match=r"text\.db: not a tinylm RAG database"):
+    with pytest.raises(DataError, match=r"text\.db: not a SQLite database \(corrupted"):
         RagDB.open(text, create=True)
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as conn:

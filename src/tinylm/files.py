@@ -1,0 +1,95 @@
+"""Checks on the paths a user hands tinylm, before anything is opened.
+
+A reader given a FIFO, a socket or a device would block forever or read without end, so every input file
+goes through `check_input_file` first: it must exist and be a regular file (a link to one is fine), and
+it is refused by its type otherwise, with the path named. `check_output_dir` does the same for a folder
+tinylm will write into. This module only looks at paths; it reads and writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from tinylm.errors import DataError, TinylmError
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def kind_of(mode: int) -> str:
+    """What a stat mode is, in words ("a FIFO (named pipe)", "a directory", "a regular file", ...)."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def check_input_file(path: str | Path, what: str = "file", error: type[TinylmError] = DataError) -> Path:
+    """`path` if it names a readable regular file; else `error` saying what was found there."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except OSError as err:  # a loop of links, a name too long, a folder we may not enter
+        raise error(f"{path}: cannot open the {what}: {err.strerror}") from None
+    if not stat.S_ISREG(mode):
+        expected = "a regular file" if what == "file" else f"a {what} (a regular file)"
+        raise error(f"{path}: expected {expected}, found {kind_of(mode)}")
+    if not os.access(path, os.R_OK):
+        raise error(f"{path}: the {what} is not readable (permission denied)")
+    return path
+
+
+def check_output_dir(
+    path: str | Path, what: str = "output folder", error: type[TinylmError] = TinylmError
+) -> Path:
+    """`path` if it is a folder tinylm may write into, or does not exist yet (and its parent is no file)."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        try:
+            mode = p.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):  # not there yet, or below a file (found next)
+            continue
+        except OSError as err:
+            raise error(f"{path}: cannot use it as the {what}: {err.strerror}") from None
+        if not stat.S_ISDIR(mode):
+            where = "" if p == path else f" ({p} is {kind_of(mode)})"
+            raise error(f"{path}: expected a folder for the {what}, found {kind_of(mode)}{where}")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise error(f"{path}: the {what} cannot be written ({p}: permission denied)")
+        return path
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary sibling and a rename: a reader (or a process killed
+    mid-write) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a temporary named after it may be in use)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True

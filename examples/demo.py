@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def qa() -> None:
-    cfg = load_config(HERE / "qa" / "config.yaml", ["out_dir=runs/demo-qa"])
+    cfg = load_config(HERE / "qa" / "config.yaml", ["out_dir=runs/demo-qa", "checkpoint.resume=auto"])
     run = fit(cfg)
     lm = load(run / "checkpoints" / "last")
     examples = read_examples(cfg.data.path)
@@ -44,7 +44,12 @@ def qa() -> None:
 def shakespeare() -> None:
     cfg = load_config(
         HERE / "shakespeare" / "cpu.yaml",
-        ["out_dir=runs/demo-shakespeare", "train.max_steps=600", "train.val_check_interval=300"],
+        [
+            "out_dir=runs/demo-shakespeare",
+            "train.max_steps=600",
+            "train.val_check_interval=300",
+            "checkpoint.resume=auto",
+        ],
     )
     run = fit(cfg)
     lm = load(run / "checkpoints" / "best")
@@ -59,7 +64,12 @@ def sft() -> Path:
             test_cfg, ["test_params.test_model_path=null", "test_params.log_file=runs/demo-sft/base.jsonl"]
         )
     )
-    run = fit(load_config(HERE / "sft" / "trainer_config.yaml", ["trainer.checkpoint.dirpath=runs/demo-sft"]))
+    run = fit(
+        load_config(
+            HERE / "sft" / "trainer_config.yaml",
+            ["trainer.checkpoint.dirpath=runs/demo-sft", "trainer.ckpt_path=auto"],
+        )
+    )
     best = run / "checkpoints" / "best"
     after = run_test(
         load_test_config(

@@ -33,7 +33,10 @@ def cli(*argv: str | Path, stdin: str = "") -> Outcome:
         contextlib.redirect_stderr(err),
         _stdin(stdin),
     ):
-        code = main([str(a) for a in argv])
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse's refusals: usage on stderr, exit 2
+            code = e.code if isinstance(e.code, int) else 1
     return Outcome(code, out.getvalue(), err.getvalue())
 
 

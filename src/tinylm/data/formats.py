@@ -149,7 +149,8 @@ def _suffix(path: Path) -> str:
 
 def _load_records(path: Path, split: str) -> tuple[list[Located], str]:
     """The file's records and a name for them in an empty-dataset message ("file", "split 'test'")."""
-    _check_file(path)
+    if path.exists():  # a FIFO or device is refused by its type, whatever its name
+        _check_file(path)
     suffix = _suffix(path)
     if suffix == ".json":
         return _json_records(path, read_json(path), split)

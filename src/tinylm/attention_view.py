@@ -19,14 +19,13 @@ import html
 import inspect
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from tinylm.errors import TinylmError
-from tinylm.files import check_output_dir, kind_of
+from tinylm.files import check_output_dir, kind_of, written_aside
 from tinylm.model import GPT, CausalSelfAttention, apply_rope
 from tinylm.tokenize_view import visible
 
@@ -282,18 +281,13 @@ def render_attention(
         raise TinylmError(f"the text is {len(ids)} tokens; attention maps take at most {limit}: shorten it")
     weights = attention_weights(lm.model, ids)
     tokens = lm.tokenizer.token_strings(ids)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:  # written aside, then renamed: a reader never sees half a file
+    with written_aside(out) as tmp:  # a reader never sees half a file
         if out.suffix.lower() == ".png":
             heatmaps_png(weights, tokens, tmp, layer=layer, head=head)
         else:
             heads = None if head is None else [head]
             page = head_view_html(weights, tokens, layer=layer, heads=heads, title=f"attention of {model}")
             tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -29,7 +29,7 @@ from torchmetrics.functional.text.rouge import rouge_score
 from torchmetrics.text import SacreBLEUScore
 
 from tinylm.errors import TinylmError
-from tinylm.files import check_output_dir, kind_of
+from tinylm.files import check_output_dir, kind_of, written_aside
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 _TRAILING = re.compile(r"[\s.!?]+$")
@@ -147,7 +147,6 @@ def run_test(cfg) -> dict[str, float]:
     The log is written beside its final name and renamed into place when every example is done, so an
     earlier log is replaced only by a whole one."""
     import json
-    import os
 
     import torch
 
@@ -176,24 +175,18 @@ def run_test(cfg) -> dict[str, float]:
     }
     if g.do_sample:
         options.update(temperature=g.temperature, top_k=g.top_k or None, top_p=g.top_p)  # 0: no top-k
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = log_path.with_name(f".{log_path.name}.tmp-{os.getpid()}")
     metrics = MetricAccumulator()
-    try:
-        with tmp.open("w", encoding="utf-8") as log:
-            for start in range(0, len(examples), t.batch_size):
-                chunk = examples[start : start + t.batch_size]
-                prompts = [SEED_PROMPT.format(prompt=e.prompt) for e in chunk]
-                replies = [c.text.strip() for c in lm.complete(prompts, raw=True, **options)]
-                for i, (ex, prompt, reply) in enumerate(zip(chunk, prompts, replies), start):
-                    row = {"index": i, "prompt": prompt, "reference": ex.response, "generation": reply}
-                    log.write(json.dumps(row) + "\n")
-                    if (i + 1) % t.save_steps == 0:
-                        log.flush()
-                metrics.add(replies, [e.response for e in chunk])
-        os.replace(tmp, log_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with written_aside(log_path) as tmp, tmp.open("w", encoding="utf-8") as log:
+        for start in range(0, len(examples), t.batch_size):
+            chunk = examples[start : start + t.batch_size]
+            prompts = [SEED_PROMPT.format(prompt=e.prompt) for e in chunk]
+            replies = [c.text.strip() for c in lm.complete(prompts, raw=True, **options)]
+            for i, (ex, prompt, reply) in enumerate(zip(chunk, prompts, replies), start):
+                row = {"index": i, "prompt": prompt, "reference": ex.response, "generation": reply}
+                log.write(json.dumps(row) + "\n")
+                if (i + 1) % t.save_steps == 0:
+                    log.flush()
+            metrics.add(replies, [e.response for e in chunk])
     return metrics.compute() if t.do_compute_metrics else {"count": float(len(examples))}
 
 

@@ -8,8 +8,10 @@ tinylm will write into. This module only looks at paths; it reads and writes not
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from tinylm.errors import DataError, TinylmError
@@ -68,20 +70,28 @@ def check_output_dir(
     return path
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary sibling and a rename: a reader (or a process killed
-    mid-write) sees the old file or the new one, never half of one."""
+@contextlib.contextmanager
+def written_aside(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write into; when the block ends without an error it is flushed
+    and renamed over `path`, so a reader (or a process killed mid-write) sees the old file or the new
+    one, never half of one. On an error the temporary is removed and `path` is left as it was."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through `written_aside`."""
+    with written_aside(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def pid_alive(pid: int) -> bool:

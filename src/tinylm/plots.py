@@ -14,13 +14,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 
 from tinylm.data.formats import read_text
 from tinylm.errors import DataError
-from tinylm.files import check_input_file, check_output_dir, kind_of
+from tinylm.files import check_input_file, check_output_dir, kind_of, written_aside
 
 METRICS_FILE = "metrics.csv"
 PANELS = (  # (title, y label, the metrics drawn in it)
@@ -106,13 +105,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, *, dpi: int = 1
     axes[-1].set_xlabel("optimizer step")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(run_dir.resolve().name if run_dir.is_dir() else str(run_dir))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:  # drawn aside, then renamed: a reader never sees half a PNG
+    with written_aside(out) as tmp:  # a reader never sees half a PNG
         fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -1,7 +1,7 @@
-"""Training memory: `tinylm.memory`'s estimate against the peak measured over two real training steps.
+"""Training memory: `tinylm.footprint`'s estimate against the peak measured over two real training steps.
 
 Each row builds the model from scratch and runs two steps of our loop's loss, AdamW and clipping through
-Fabric (`tinylm.memory.measure_training_peak`): on CUDA the peak of `torch.cuda.max_memory_allocated`, on
+Fabric (`tinylm.train.fits.measure_training_peak`): on CUDA the peak of `torch.cuda.max_memory_allocated`, on
 the CPU the peak of the profiler's allocation events. Prints estimate, measured and their ratio.
 
     python bench/memory.py                          # the CPU rows (a minute on 2 cores)
@@ -16,8 +16,9 @@ import time
 
 import torch
 
-from tinylm.memory import Workload, fmt_bytes, measure_training_peak, training_memory
+from tinylm.footprint import Workload, fmt_bytes, training_memory
 from tinylm.model import GPTConfig
+from tinylm.train.fits import measure_training_peak
 
 SMOLLM2 = dict(
     vocab_size=49152, n_layer=30, n_head=9, n_kv_head=3, n_embd=576, intermediate_size=1536,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tinylm.model import GPT, GPTConfig
-from tinylm.train.loop import WithLoss, compute_loss
+from tinylm.train.loss import WithLoss, compute_loss
 from tinylm.train.optim import make_optimizer
 
 

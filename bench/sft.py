@@ -17,7 +17,7 @@ import torch
 
 from common import smollm2_hf
 from tinylm.convert import hf_to_tinylm
-from tinylm.train.loop import WithLoss, compute_loss
+from tinylm.train.loss import WithLoss, compute_loss
 from tinylm.train.optim import make_optimizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -16,7 +16,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from tinylm.chat.templates import CHAT, render_chat, render_in_template
 from tinylm.checkpoint import Checkpoint, load_checkpoint
 from tinylm.errors import CheckpointError, TinylmError
 from tinylm.generate.detok import TextStream
@@ -24,6 +23,7 @@ from tinylm.generate.engine import Generated, generate_batch
 from tinylm.generate.sampling import SamplingParams
 from tinylm.quantize import check_method
 from tinylm.quantize import quantize as quantize_model
+from tinylm.templates import CHAT, render_chat, render_in_template
 
 Prompt = str | list[dict[str, str]]  # plain text, or chat messages
 MAX_BEAMS = 64
@@ -359,7 +359,7 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu", quanti
     if not path.exists() and len(path.parts) > 1:  # a path, not a model name
         raise CheckpointError(f"{path}: no such checkpoint directory")
     if not (path / "tinylm.json").is_file():
-        from tinylm.convert import resolve_model
+        from tinylm.hub import resolve_model
 
         path = resolve_model(name_or_path)
     checkpoint = load_checkpoint(path, device=device)

@@ -31,7 +31,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from tinylm.errors import CheckpointError
-from tinylm.files import check_input_file
+from tinylm.files import check_input_file, dir_written_aside
 from tinylm.hf_model import KIND as HF_KIND
 from tinylm.hf_model import HFCausalLM, HFModelConfig
 from tinylm.model import GPTConfig, build_model
@@ -66,23 +66,18 @@ def save_checkpoint(
 ) -> Path:
     """Write a complete checkpoint to `directory` atomically (a temporary sibling, then a rename)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    if isinstance(model, HFCausalLM):
-        model.save_pretrained(tmp)  # config.json + model.safetensors, loadable by transformers as well
-    else:
-        save_model(model, str(tmp / WEIGHTS_FILE))
-    tokenizer.save(tmp / "tokenizer")
-    info = {"format_version": FORMAT_VERSION, "model": config.to_dict(), **(meta or {})}
-    (tmp / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    if run_config is not None:
-        (tmp / "config.yaml").write_text(run_config)
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / STATE_FILE)
-    fsync_tree(tmp)
-    _replace_dir(tmp, directory)
+    with dir_written_aside(directory) as tmp:
+        if isinstance(model, HFCausalLM):
+            model.save_pretrained(tmp)  # config.json + model.safetensors, loadable by transformers as well
+        else:
+            save_model(model, str(tmp / WEIGHTS_FILE))
+        tokenizer.save(tmp / "tokenizer")
+        info = {"format_version": FORMAT_VERSION, "model": config.to_dict(), **(meta or {})}
+        (tmp / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if run_config is not None:
+            (tmp / "config.yaml").write_text(run_config)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / STATE_FILE)
     return directory
 
 
@@ -263,22 +258,3 @@ def _link(link: Path, target: str) -> None:
 
 def _target(link: Path) -> str | None:
     return os.readlink(link) if link.is_symlink() else None
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Put directory `src` at `dst` by renames (an old `dst` is moved aside first, then removed)."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
-def fsync_tree(directory: Path) -> None:
-    """Flush every file under `directory` to disk (before the rename that publishes it)."""
-    for f in directory.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())

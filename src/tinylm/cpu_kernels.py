@@ -171,7 +171,7 @@ def _(x: Tensor, qweight: Tensor, scales: Tensor, eps: float) -> Tensor:
 
 def library_path() -> Path:
     """Where the built library for this source, these flags and this CPU lives."""
-    from tinylm.convert import tinylm_home
+    from tinylm.paths import tinylm_home
 
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())

@@ -151,7 +151,7 @@ def run_test(cfg) -> dict[str, float]:
     import torch
 
     from tinylm.api import load
-    from tinylm.config import SEED_PROMPT, seed_data_file
+    from tinylm.compat.seed import SEED_PROMPT, seed_data_file
     from tinylm.data.formats import read_examples
 
     t = cfg.test_params

@@ -3,13 +3,16 @@
 A reader given a FIFO, a socket or a device would block forever or read without end, so every input file
 goes through `check_input_file` first: it must exist and be a regular file (a link to one is fine), and
 it is refused by its type otherwise, with the path named. `check_output_dir` does the same for a folder
-tinylm will write into. This module only looks at paths; it reads and writes nothing.
+tinylm will write into. Every file and folder tinylm writes goes through `written_aside` (a file) or
+`dir_written_aside` (a folder): written under a temporary sibling, flushed, then renamed into place.
+This module knows no file format; it checks paths and moves what others wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +88,46 @@ def written_aside(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def dir_written_aside(path: str | Path, *, replace: bool = True, what: str = "folder") -> Iterator[Path]:
+    """A new temporary sibling folder of `path` to write into; when the block ends without an error every
+    file in it is flushed and the folder is renamed into place, so a process killed midway leaves the old
+    folder (or nothing), never half of one. With `replace`, a full folder already at `path` is moved aside
+    first (`.NAME.old-PID`) and removed once the new one is in place; without it only a missing or empty
+    folder is replaced (a TinylmError naming `what` otherwise). On an error the temporary is removed and
+    `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process of this id that was killed
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        if replace and path.is_dir() and any(path.iterdir()):
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:  # replaces nothing but an empty folder, even one that filled up since it was checked
+                os.rename(tmp, path)
+            except OSError as e:
+                raise TinylmError(
+                    f"{path}: could not move the {what} into place ({e.strerror}); nothing was replaced"
+                ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync_tree(directory: Path) -> None:
+    """Flush every file under `directory` to disk (before the rename that publishes it)."""
+    for f in directory.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -18,10 +18,7 @@ Nothing here downloads: HF tokenizers load with ``local_files_only=True``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -31,7 +28,7 @@ import tokenizers as hft
 
 from tinylm.data.formats import read_json, read_text
 from tinylm.errors import DataError, TinylmError
-from tinylm.files import check_input_file, check_output_dir, kind_of
+from tinylm.files import check_input_file, check_output_dir, dir_written_aside, kind_of
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -425,20 +422,8 @@ def save_dir(directory: str | Path, write: Callable[[Path], None]) -> Path:
     killed midway leaves the old tokenizer (or nothing), never half of one. `directory` may be new, empty
     or a tokenizer tinylm saved (`check_save_dir`); nothing else is replaced."""
     target = check_save_dir(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    try:
+    with dir_written_aside(target) as tmp:
         write(tmp)
-        if target.is_dir() and any(target.iterdir()):  # an earlier save: set aside, then dropped
-            old = target.with_name(f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)  # replaces an empty folder, never a full one
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

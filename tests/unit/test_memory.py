@@ -8,21 +8,19 @@ import torch
 from tests.conftest import tiny_config, write_config
 from tinylm.config import load_config
 from tinylm.errors import TinylmError
-from tinylm.memory import (
+from tinylm.footprint import (
     GiB,
     Workload,
-    check_fits,
-    estimate_report,
     fmt_bytes,
     inference_memory,
     largest_batch,
     layer_activations,
-    measure_training_peak,
     parse_size,
-    resolve_subject,
     training_memory,
 )
 from tinylm.model import GPTConfig, build_model, count_params
+from tinylm.tools.memory import estimate_report, resolve_subject
+from tinylm.train.fits import check_fits, measure_training_peak
 
 SMALL = dict(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64, bias=False)
 
@@ -167,7 +165,7 @@ def test_check_fits_prints_and_refuses_with_the_numbers(tmp_path, qa_file, capsy
 
 
 def test_check_fits_takes_gru_lora_and_shares_ram_among_cpu_processes(tmp_path, qa_file, monkeypatch):
-    from tinylm import memory
+    from tinylm.train import fits
     from tinylm.train.lora import apply_lora
 
     lora_cfg = load_config(write_config(tmp_path, tiny_config(tmp_path, qa_file, train={"lora": {"r": 2}})))
@@ -183,7 +181,7 @@ def test_check_fits_takes_gru_lora_and_shares_ram_among_cpu_processes(tmp_path, 
     )
     gru = build_model(gru_cfg.model_config_for(30))
     peak = check_fits(gru_cfg, gru, one).peak
-    monkeypatch.setattr(memory, "device_memory", lambda kind: (int(1.5 * peak), "available RAM"))
+    monkeypatch.setattr(fits, "device_memory", lambda kind: (int(1.5 * peak), "available RAM"))
     assert check_fits(gru_cfg, gru, one).kernel == "none"  # one process fits in 1.5x its peak
     two = SimpleNamespace(device=torch.device("cpu"), world_size=2, is_global_zero=False)
     with pytest.raises(TinylmError, match="does not fit in memory"):  # two processes on one machine do not

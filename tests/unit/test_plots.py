@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from tinylm.errors import DataError
-from tinylm.plots import plot_run, read_curves
+from tinylm.tools.plots import plot_run, read_curves
 from tinylm.train.loggers import CSVLog
 
 

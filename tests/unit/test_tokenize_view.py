@@ -7,8 +7,8 @@ from rich.console import Console
 from tinylm.checkpoint import save_checkpoint
 from tinylm.errors import TinylmError
 from tinylm.model import GPTConfig, build_model
-from tinylm.tokenize_view import find_tokenizer, show, tokenize, visible
 from tinylm.tokenizers import train_tokenizer
+from tinylm.tools.tokenize import find_tokenizer, show, tokenize, visible
 
 
 def test_word_tokens_ids_and_unknowns():

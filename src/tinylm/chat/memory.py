@@ -26,8 +26,8 @@ import difflib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from tinylm.chat.templates import check_messages
 from tinylm.errors import TinylmError
+from tinylm.templates import check_messages
 
 if TYPE_CHECKING:
     from tinylm.api import LM

@@ -13,8 +13,6 @@ model; the history keeps the question as typed, so old context never crowds out 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import secrets
 import sys
 import time
@@ -26,6 +24,7 @@ from tinylm.chat.memory import DEFAULT_STRATEGY, check_strategy, fit_messages, l
 from tinylm.chat.prompts import with_context
 from tinylm.chat.store import ChatStore, check_session_id, default_db_path
 from tinylm.errors import TinylmError
+from tinylm.rag import retriever
 
 if TYPE_CHECKING:
     from tinylm.api import LM
@@ -202,16 +201,10 @@ def new_session_id() -> str:
 
 
 def rag_retriever(db: str | Path) -> Retrieve:
-    """`tinylm.rag.retriever(db)`: a retrieve(question) -> context function, when tinylm.rag is installed."""
-    if importlib.util.find_spec("tinylm.rag") is None:
-        raise TinylmError("--rag needs the tinylm.rag module, which this tinylm does not have")
+    """`tinylm.rag.retriever(db)`: a retrieve(question) -> context function, the index checked now."""
     if not Path(db).exists():
         raise TinylmError(f"{db}: no such RAG index; build one with `tinylm rag index FILES --db {db}`")
-    rag = importlib.import_module("tinylm.rag")
-    make = getattr(rag, "retriever", None)
-    if make is None:
-        raise TinylmError("tinylm.rag has no retriever(db) function; --rag cannot use it")
-    return make(db)
+    return retriever(db)
 
 
 def run_chat(

@@ -68,7 +68,7 @@ class SessionInfo:
 
 def default_db_path() -> Path:
     """$TINYLM_HOME/chat.sqlite, read at call time."""
-    from tinylm.convert import tinylm_home
+    from tinylm.paths import tinylm_home
 
     return tinylm_home() / "chat.sqlite"
 

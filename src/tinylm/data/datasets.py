@@ -15,8 +15,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from tinylm.chat.templates import layout_prompt
 from tinylm.data.formats import Example
+from tinylm.templates import layout_prompt
 
 IGNORE_INDEX = -100
 

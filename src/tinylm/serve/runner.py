@@ -58,7 +58,7 @@ def serve(
         raise TinylmError("\n".join(p for p in problems if p))
     retriever = None
     if rag is not None:
-        from tinylm.chat.session import rag_retriever
+        from tinylm.rag import retriever as rag_retriever
 
         retriever = rag_retriever(rag)
     _check_free(host, port)  # before the (slow) load

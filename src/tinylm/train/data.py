@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from tinylm.chat.templates import layout_prompt
 from tinylm.config import RunConfig, TokenizerConfig
 from tinylm.data.datasets import QARows, TokenDataset, TokenWindows, encode_example
 from tinylm.data.formats import Example, read_documents, read_examples
 from tinylm.errors import DataError
+from tinylm.templates import layout_prompt
 from tinylm.tokenizers import EOS_TOKEN, Tokenizer, load_tokenizer, train_tokenizer
 
 

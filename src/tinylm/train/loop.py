@@ -12,16 +12,14 @@ import copy
 import math
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
-from torch import Tensor, nn
+from torch import nn
 
-from tinylm.chat.templates import layout_prompt
 from tinylm.checkpoint import (
     STATE_FILE,
     WEIGHTS_FILE,
@@ -29,19 +27,21 @@ from tinylm.checkpoint import (
     is_hf_checkpoint,
     load_trainer_state,
     load_weights,
-    read_meta,
     save_checkpoint,
 )
 from tinylm.config import RunConfig, TrainConfig, dump_config
-from tinylm.convert import resolve_model
-from tinylm.data.datasets import IGNORE_INDEX, BatchLoader, TokenDataset, eval_indices
-from tinylm.errors import CheckpointError, ConfigError, TinylmError
+from tinylm.data.datasets import BatchLoader, TokenDataset, eval_indices
+from tinylm.errors import CheckpointError, TinylmError
 from tinylm.files import write_text_atomic
 from tinylm.hf_model import HFCausalLM, HFModelConfig
 from tinylm.model import GPTConfig, build_model, count_params
-from tinylm.tokenizers import load_tokenizer
-from tinylm.train.data import prepare, resolve_resume
+from tinylm.templates import layout_prompt
+from tinylm.tokenizers import Tokenizer, load_tokenizer
+from tinylm.train.build import adapt, hf_model, init_path, model_config
+from tinylm.train.data import Prepared, prepare, resolve_resume
+from tinylm.train.fits import check_fits
 from tinylm.train.loggers import CSVLog, Loggers, TensorBoardLog, WandbLog
+from tinylm.train.loss import WithLoss, compute_loss, mean_loss
 from tinylm.train.optim import lr_at, make_optimizer, warmup_steps_for
 from tinylm.train.progress import Progress
 from tinylm.train.rundir import claim_run_dir
@@ -59,53 +59,56 @@ class TrainState:
     latest: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class Run:
+    """One run as `setup` builds it: what `train` steps and `save_step` writes."""
+
+    cfg: RunConfig
+    fabric: Any
+    resume_from: Path | None
+    data: Prepared
+    raw_model: nn.Module  # the model itself: what is saved
+    model_cfg: GPTConfig | HFModelConfig
+    model: nn.Module  # `WithLoss(raw_model)`, compiled if asked, set up by Fabric: what is stepped
+    optimizer: Any
+    loader: BatchLoader
+    val_set: TokenDataset | None
+    val_idx: list[int]
+    total_steps: int
+    val_every: int
+    manager: CheckpointManager
+    loggers: Loggers
+    launched: float
+    state: TrainState = field(default_factory=TrainState)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.out_dir)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.data.tokenizer
+
+
 def fit(cfg: RunConfig) -> Path:
     """Train as `cfg` says; returns the run directory (checkpoints in RUN_DIR/checkpoints)."""
-    from lightning.fabric import Fabric
+    run = setup(cfg)
+    train(run)
+    finish(run)
+    return run.run_dir
 
-    t = cfg.train
-    precision = "32-true" if t.precision == "32" else t.precision
-    fabric = Fabric(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        num_nodes=t.num_nodes,
-        precision=precision,
-    )
-    fabric.launch()
-    run_dir = Path(cfg.out_dir)
-    ckpt_root = run_dir / "checkpoints"
-    resume_from = resolve_resume(cfg.checkpoint.resume, ckpt_root)
-    if resume_from is not None and not resume_from.exists():
-        raise TinylmError(f"checkpoint.resume: {resume_from} does not exist")
-    if fabric.is_global_zero:  # refuses a folder holding another run; clears what killed saves left
-        for note in claim_run_dir(run_dir, resume_from):
-            console.print(f"out_dir: {note}", highlight=False)
-    fabric.barrier()
-    fabric.seed_everything(cfg.seed, verbose=False)
+
+# ----------------------------------------------------------------------------------------------------------
+# Setup: processes, the run folder, data, model, optimizer, schedule, resume
+
+
+def setup(cfg: RunConfig) -> Run:
+    """Launch the processes, claim the run folder, build data, model and optimizer, restore a resumed
+    run's state, and print what is about to run (rank 0)."""
+    fabric, resume_from = _launch(cfg)
     launched = time.perf_counter()
-
-    # -- setup: data, tokenizer, model, optimizer --------------------------------------------------------
-    init = resolve_model(cfg.init_from) if cfg.init_from is not None else None
-    source = resume_from or init
-    tokenizer = load_tokenizer(source / "tokenizer") if source else None
-    data = prepare(cfg, tokenizer)
-    tokenizer = data.tokenizer
-    model_cfg: GPTConfig | HFModelConfig
-    if source is not None and is_hf_checkpoint(source):  # runs through transformers (tinylm.hf_model)
-        raw_model = _hf_model(cfg, source).to(fabric.device)  # resumed or pretrained weights
-        model_cfg = raw_model.config
-    else:
-        if init is None:
-            model_cfg = cfg.model_config_for(tokenizer.vocab_size)
-        else:
-            model_cfg = replace(GPTConfig.from_dict(read_meta(init)["model"]), **cfg.model)
-        _check_fits(cfg, model_cfg, fabric)  # before a single weight is allocated
-        with fabric.init_module():
-            raw_model = build_model(model_cfg)
-        if init is not None and resume_from is None:
-            load_weights(raw_model, init / WEIGHTS_FILE, device=fabric.device)
-    adapt(raw_model, t)
+    data, raw_model, model_cfg = _data_and_model(cfg, fabric, resume_from)
+    t = cfg.train
     optimizer = make_optimizer(
         raw_model,
         lr=t.learning_rate,
@@ -118,7 +121,6 @@ def fit(cfg: RunConfig) -> Path:
     model = WithLoss(raw_model)  # compiled together, the loss fuses with the head: no fp32 logits in memory
     model = torch.compile(model) if t.compile else model
     model, optimizer = fabric.setup(model, optimizer)
-
     limit = _overfit_limit(t.overfit_batches, len(data.train), t.batch_size * fabric.world_size)
     loader = BatchLoader(
         data.train,
@@ -130,193 +132,283 @@ def fit(cfg: RunConfig) -> Path:
         limit=limit,
     )
     val_set = data.train if limit is not None else data.val
-    val_idx = _val_indices(val_set, limit, t.eval_batches * t.batch_size)
     steps_per_epoch = math.ceil(len(loader) / t.accumulate_grad_batches)
     total_steps = t.max_steps if t.max_steps is not None else t.max_epochs * steps_per_epoch
     if t.max_steps is not None and t.max_epochs is not None:
         total_steps = min(total_steps, t.max_epochs * steps_per_epoch)
-    warmup = warmup_steps_for(t.warmup, total_steps)
-    min_lr = t.min_lr if t.min_lr is not None else t.learning_rate / 10
-    val_every = _val_every(t.val_check_interval, steps_per_epoch)
-
-    state = TrainState()
-    manager = CheckpointManager(
-        ckpt_root,
-        monitor=cfg.checkpoint.monitor,
-        mode=cfg.checkpoint.mode,
-        save_top_k=cfg.checkpoint.save_top_k,
+    run_dir = Path(cfg.out_dir)
+    run = Run(
+        cfg=cfg,
+        fabric=fabric,
+        resume_from=resume_from,
+        data=data,
+        raw_model=raw_model,
+        model_cfg=model_cfg,
+        model=model,
+        optimizer=optimizer,
+        loader=loader,
+        val_set=val_set,
+        val_idx=_val_indices(val_set, limit, t.eval_batches * t.batch_size),
+        total_steps=total_steps,
+        val_every=_val_every(t.val_check_interval, steps_per_epoch),
+        manager=CheckpointManager(
+            run_dir / "checkpoints",
+            monitor=cfg.checkpoint.monitor,
+            mode=cfg.checkpoint.mode,
+            save_top_k=cfg.checkpoint.save_top_k,
+        ),
+        loggers=_make_loggers(cfg, run_dir) if fabric.is_global_zero else Loggers([]),
+        launched=launched,
     )
-    loggers = _make_loggers(cfg, run_dir) if fabric.is_global_zero else Loggers([])
     if resume_from is not None:
-        _restore(resume_from, raw_model, optimizer, state, manager, fabric)
+        _restore(resume_from, run)
         if fabric.is_global_zero:
-            CSVLog(run_dir).truncate_after(state.step)
+            CSVLog(run_dir).truncate_after(run.state.step)
     if fabric.is_global_zero:
         write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
-        n, trainable = count_params(raw_model), count_params(raw_model, trainable_only=True)
-        console.print(
-            f"[bold]tinylm train[/] {n:,} parameters ({n / 1e6:.2f}M), {trainable:,} trainable "
-            f"({trainable / n:.1%}), {len(loader)} batches/epoch, "
-            f"{total_steps} steps, {fabric.world_size} process(es) on {fabric.device.type}, precision {precision}"
-            + (f"; resumed at step {state.step} from {resume_from}" if resume_from else "")
-        )
-        console.print(f"data: {_fmt_stats(data.stats)}")
+        _announce(run)
+    return run
 
-    def checkpoint(value: float | None, *, last: bool) -> None:
-        """Rank 0 saves this step (once) if `value` of the monitored metric is a new top-k or `last` is
-        asked for; every rank waits at the barrier, so all ranks take the same path."""
-        if fabric.is_global_zero and (last or (value is not None and manager.improves(value))):
-            if manager.step_dir(state.step).name not in manager.written:  # best and last: one save
-                save_step()
-            manager.record(state.step, value, last=last)
-        fabric.barrier()
 
-    def save_step() -> None:
-        meta = {
-            "step": state.step,
-            "metrics": dict(state.latest),
-            "prompt_template": cfg.data.prompt_template,
-            "data_kind": cfg.data.kind,
-            "generation": cfg.generation.model_dump(),
-        }
-        trainer_state = {
-            "optimizer": optimizer.state_dict(),
-            "state": {"step": state.step, "epoch": state.epoch, "batch": state.batch},
-            "latest": dict(state.latest),
-            "manager": manager.state_dict(),
-            "rng": _rng_state(),
-        }
-        save_checkpoint(
-            manager.step_dir(state.step),
-            model=_weights_to_save(raw_model, t),
-            config=model_cfg,
-            tokenizer=tokenizer,
-            meta=meta,
-            trainer_state=trainer_state,
-            run_config=dump_config(cfg),
-        )
+def _launch(cfg: RunConfig) -> tuple[Any, Path | None]:
+    """Fabric started (every process), the run folder claimed (rank 0) and the seed set; the checkpoint to
+    resume from, if any."""
+    from lightning.fabric import Fabric
 
-    def validate(max_batches: int | None = None) -> dict[str, float]:
-        idx = val_idx if max_batches is None else val_idx[: max_batches * t.batch_size]
-        loss = evaluate(model, val_set, idx, t.batch_size, fabric)
-        metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
-        if t.compute_metrics and data.val_examples and max_batches is None:
-            metrics |= generation_metrics(raw_model, tokenizer, data.val_examples[: t.metric_examples], cfg)
-        return metrics
+    t = cfg.train
+    fabric = Fabric(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=_precision(t),
+    )
+    fabric.launch()
+    run_dir = Path(cfg.out_dir)
+    resume_from = resolve_resume(cfg.checkpoint.resume, run_dir / "checkpoints")
+    if resume_from is not None and not resume_from.exists():
+        raise TinylmError(f"checkpoint.resume: {resume_from} does not exist")
+    if fabric.is_global_zero:  # refuses a folder holding another run; clears what killed saves left
+        for note in claim_run_dir(run_dir, resume_from):
+            console.print(f"out_dir: {note}", highlight=False)
+    fabric.barrier()
+    fabric.seed_everything(cfg.seed, verbose=False)
+    return fabric, resume_from
 
-    # -- sanity check ---------------------------------------------------------------------------------
-    if val_set is not None and t.num_sanity_val_steps > 0 and state.step == 0:
-        validate(t.num_sanity_val_steps)
 
-    # -- the loop -------------------------------------------------------------------------------------
-    progress = Progress(total_steps, enabled=fabric.is_global_zero, start=state.step)
-    batches = _batch_stream(loader, state)
-    loss_sum = torch.zeros((), device=fabric.device)
-    window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
-    model.train()
-    while state.step < total_steps:
+def _data_and_model(
+    cfg: RunConfig, fabric: Any, resume_from: Path | None
+) -> tuple[Prepared, nn.Module, GPTConfig | HFModelConfig]:
+    """The tokenized data and the model on the device: resumed, from `init_from`, or new; checked to fit
+    in memory before a single weight is allocated; frozen or LoRA-wrapped as configured."""
+    init = init_path(cfg)
+    source = resume_from or init
+    data = prepare(cfg, load_tokenizer(source / "tokenizer") if source else None)
+    model_cfg: GPTConfig | HFModelConfig
+    if source is not None and is_hf_checkpoint(source):  # runs through transformers (tinylm.hf_model)
+        raw_model = hf_model(cfg, source).to(fabric.device)  # resumed or pretrained weights
+        model_cfg = raw_model.config
+    else:
+        model_cfg = model_config(cfg, init, data.tokenizer.vocab_size)
+        with torch.device("meta"):  # shapes only: the memory check sees the model before it exists
+            probe = build_model(model_cfg)
+            adapt(probe, cfg.train)
+        check_fits(cfg, probe, fabric)
+        with fabric.init_module():
+            raw_model = build_model(model_cfg)
+        if init is not None and resume_from is None:
+            load_weights(raw_model, init / WEIGHTS_FILE, device=fabric.device)
+    adapt(raw_model, cfg.train)
+    return data, raw_model, model_cfg
+
+
+def _announce(run: Run) -> None:
+    """Rank 0's first lines: the model's size, the batches, steps and processes, and the data."""
+    n, trainable = count_params(run.raw_model), count_params(run.raw_model, trainable_only=True)
+    fabric = run.fabric
+    console.print(
+        f"[bold]tinylm train[/] {n:,} parameters ({n / 1e6:.2f}M), {trainable:,} trainable "
+        f"({trainable / n:.1%}), {len(run.loader)} batches/epoch, {run.total_steps} steps, "
+        f"{fabric.world_size} process(es) on {fabric.device.type}, precision {_precision(run.cfg.train)}"
+        + (f"; resumed at step {run.state.step} from {run.resume_from}" if run.resume_from else "")
+    )
+    console.print(f"data: {_fmt_stats(run.data.stats)}")
+
+
+def _precision(t: TrainConfig) -> str:
+    return "32-true" if t.precision == "32" else t.precision
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(run: Run) -> None:
+    """Step until `total_steps` (or until the val loss reaches `stop_at_val_loss`): accumulate, clip,
+    step; log, validate and checkpoint on their intervals."""
+    cfg, t, state = run.cfg, run.cfg.train, run.state
+    if run.val_set is not None and t.num_sanity_val_steps > 0 and state.step == 0:
+        validate(run, t.num_sanity_val_steps)
+    warmup = warmup_steps_for(t.warmup, run.total_steps)
+    min_lr = t.min_lr if t.min_lr is not None else t.learning_rate / 10
+    progress = Progress(run.total_steps, enabled=run.fabric.is_global_zero, start=state.step)
+    batches = _batch_stream(run.loader, state)
+    window = _Window(torch.zeros((), device=run.fabric.device))
+    run.model.train()
+    while state.step < run.total_steps:
         lr = lr_at(
-            state.step, max_lr=t.learning_rate, min_lr=min_lr, warmup_steps=warmup, total_steps=total_steps
+            state.step,
+            max_lr=t.learning_rate,
+            min_lr=min_lr,
+            warmup_steps=warmup,
+            total_steps=run.total_steps,
         )
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for micro in range(t.accumulate_grad_batches):
-            batch = {k: v.to(fabric.device, non_blocking=True) for k, v in next(batches).items()}
-            with fabric.no_backward_sync(model, enabled=micro < t.accumulate_grad_batches - 1):
-                loss = compute_loss(model, batch) / t.accumulate_grad_batches
-                fabric.backward(loss)
-            loss_sum += loss.detach()
-            window_tokens += batch["input_ids"].numel() * fabric.world_size
-        if t.grad_clip is not None:
-            fabric.clip_gradients(model, optimizer, max_norm=t.grad_clip, error_if_nonfinite=False)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        window_steps += 1
-
-        is_last = state.step == total_steps
+        _step(run, batches, lr, window)
+        is_last = state.step == run.total_steps
         if state.step % t.log_every_n_steps == 0 or is_last:
-            elapsed = time.perf_counter() - window_t0
-            train_loss = fabric.all_reduce(loss_sum, reduce_op="mean").item() / window_steps
-            metrics = {
-                "train_loss": train_loss,
-                "lr": lr,
-                "tokens_per_sec": window_tokens / max(elapsed, 1e-9),
-            }
-            state.latest.update(metrics)
-            loggers.log({**metrics, "epoch": state.epoch}, state.step)
-            loss_sum.zero_()
-            window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
+            _log_window(run, lr, window)
         paused = time.perf_counter()  # validation and saving are not training throughput
-        reached = False  # the val loss reached train.stop_at_val_loss: save and stop
-        if val_set is None and (state.step % t.log_every_n_steps == 0 or is_last):
-            checkpoint(state.latest.get(cfg.checkpoint.monitor), last=False)
-        if val_set is not None and (state.step % val_every == 0 or is_last):
-            model.eval()
-            metrics = {**validate(), "elapsed_s": time.perf_counter() - launched, "unix_time": time.time()}
-            model.train()
-            state.latest.update(metrics)
-            loggers.log(metrics, state.step)
-            progress.note(f"step {state.step}: val_loss {metrics['val_loss']:.4f}")
-            checkpoint(state.latest.get(cfg.checkpoint.monitor), last=False)
-            if t.stop_at_val_loss is not None:  # rank 0 decides, so that every process stops together
-                reached = bool(fabric.broadcast(metrics["val_loss"] <= t.stop_at_val_loss, src=0))
+        reached = _validate_and_save(run, is_last, progress)
         every = cfg.checkpoint.every_n_train_steps
         if (every and state.step % every == 0) or ((is_last or reached) and cfg.checkpoint.save_last):
-            checkpoint(None, last=True)
-        window_t0 += time.perf_counter() - paused
+            checkpoint(run, None, last=True)
+        window.t0 += time.perf_counter() - paused
         progress.update(state.step, state.latest)
         if reached:
             break
     progress.close()
-    loggers.close()
-    if fabric.is_global_zero:
-        summary = ", ".join(
-            f"{k} {v:.4f}" for k, v in state.latest.items() if k in ("train_loss", "val_loss")
-        )
-        if state.step < total_steps:
-            console.print(f"step {state.step}: val_loss reached stop_at_val_loss {t.stop_at_val_loss}")
-        console.print(f"done: step {state.step}, {summary}; checkpoints in {ckpt_root}")
-    return run_dir
 
 
-def _check_fits(cfg: RunConfig, model_cfg: GPTConfig, fabric: Any) -> None:
-    """Print the memory estimate of the run and refuse one that cannot fit, measured on a model built on
-    the meta device (shapes only), so that an oversized config fails before allocating anything."""
-    from tinylm.memory import check_fits
+@dataclass
+class _Window:
+    """The steps since the last log line: their summed loss (on the device), tokens and start time."""
 
-    with torch.device("meta"):
-        probe = build_model(model_cfg)
-        adapt(probe, cfg.train)
-    check_fits(cfg, probe, fabric)
-
-
-def adapt(model: nn.Module, t: TrainConfig) -> None:
-    """Freeze parameter groups, or wrap layers with LoRA adapters, as the config asks."""
-    if t.freeze is not None:
-        from tinylm.train.freeze import apply_freezing
-
-        f = t.freeze
-        apply_freezing(model, emb=f.emb, ln=f.ln, attn=f.attn, ff=f.ff, other=f.other, keep=f.keep)
-    elif t.lora is not None:
-        from tinylm.train.lora import apply_lora
-
-        apply_lora(model, r=t.lora.r, alpha=t.lora.alpha, dropout=t.lora.dropout, targets=t.lora.targets)
+    loss_sum: torch.Tensor
+    t0: float = field(default_factory=time.perf_counter)
+    tokens: int = 0
+    steps: int = 0
 
 
-def _hf_model(cfg: RunConfig, source: Path) -> HFCausalLM:
-    """The transformers model of an "hf" checkpoint, after refusing the options it cannot honour."""
-    problems = []
-    if cfg.data.packing:
-        problems.append("data.packing: a transformers model cannot keep packed rows apart; set it to false")
-    if cfg.model:
-        problems.append(
-            f"model: {', '.join(sorted(cfg.model))} cannot be set on a transformers model; "
-            f"it keeps the settings of {source / 'config.json'}"
-        )
-    if problems:
-        raise ConfigError(problems, f"the run on {source}")
-    return HFCausalLM.from_pretrained(source)
+def _step(run: Run, batches: Any, lr: float, window: _Window) -> None:
+    """One optimizer step over `accumulate_grad_batches` micro-batches, at learning rate `lr`."""
+    t, fabric, model, optimizer = run.cfg.train, run.fabric, run.model, run.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    for micro in range(t.accumulate_grad_batches):
+        batch = {k: v.to(fabric.device, non_blocking=True) for k, v in next(batches).items()}
+        with fabric.no_backward_sync(model, enabled=micro < t.accumulate_grad_batches - 1):
+            loss = compute_loss(model, batch) / t.accumulate_grad_batches
+            fabric.backward(loss)
+        window.loss_sum += loss.detach()
+        window.tokens += batch["input_ids"].numel() * fabric.world_size
+    if t.grad_clip is not None:
+        fabric.clip_gradients(model, optimizer, max_norm=t.grad_clip, error_if_nonfinite=False)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    run.state.step += 1
+    window.steps += 1
+
+
+def _log_window(run: Run, lr: float, window: _Window) -> None:
+    """Read the loss back (the one host sync), log the window's loss, lr and throughput, start a new one."""
+    elapsed = time.perf_counter() - window.t0
+    train_loss = run.fabric.all_reduce(window.loss_sum, reduce_op="mean").item() / window.steps
+    metrics = {"train_loss": train_loss, "lr": lr, "tokens_per_sec": window.tokens / max(elapsed, 1e-9)}
+    run.state.latest.update(metrics)
+    run.loggers.log({**metrics, "epoch": run.state.epoch}, run.state.step)
+    window.loss_sum.zero_()
+    window.t0, window.tokens, window.steps = time.perf_counter(), 0, 0
+
+
+def _validate_and_save(run: Run, is_last: bool, progress: Progress) -> bool:
+    """Validate on its interval and save a new top-k checkpoint; True when the val loss reached
+    `stop_at_val_loss` (rank 0 decides, so that every process stops together)."""
+    cfg, t, state = run.cfg, run.cfg.train, run.state
+    if run.val_set is None:
+        if state.step % t.log_every_n_steps == 0 or is_last:
+            checkpoint(run, state.latest.get(cfg.checkpoint.monitor), last=False)
+        return False
+    if not (state.step % run.val_every == 0 or is_last):
+        return False
+    run.model.eval()
+    metrics = {**validate(run), "elapsed_s": time.perf_counter() - run.launched, "unix_time": time.time()}
+    run.model.train()
+    state.latest.update(metrics)
+    run.loggers.log(metrics, state.step)
+    progress.note(f"step {state.step}: val_loss {metrics['val_loss']:.4f}")
+    checkpoint(run, state.latest.get(cfg.checkpoint.monitor), last=False)
+    if t.stop_at_val_loss is None:
+        return False
+    return bool(run.fabric.broadcast(metrics["val_loss"] <= t.stop_at_val_loss, src=0))
+
+
+def validate(run: Run, max_batches: int | None = None) -> dict[str, float]:
+    """Validation loss and perplexity (over the first `max_batches` for the sanity check), and, when asked
+    for, BLEU/ROUGE/EM of greedy answers to the validation examples."""
+    t = run.cfg.train
+    idx = run.val_idx if max_batches is None else run.val_idx[: max_batches * t.batch_size]
+    loss = mean_loss(run.model, run.val_set, idx, t.batch_size, run.fabric)
+    metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+    if t.compute_metrics and run.data.val_examples and max_batches is None:
+        examples = run.data.val_examples[: t.metric_examples]
+        metrics |= generation_metrics(run.raw_model, run.tokenizer, examples, run.cfg)
+    return metrics
+
+
+def finish(run: Run) -> None:
+    """Close the progress display's companions (loggers) and print the summary (rank 0)."""
+    run.loggers.close()
+    if not run.fabric.is_global_zero:
+        return
+    state, t = run.state, run.cfg.train
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in state.latest.items() if k in ("train_loss", "val_loss"))
+    if state.step < run.total_steps:
+        console.print(f"step {state.step}: val_loss reached stop_at_val_loss {t.stop_at_val_loss}")
+    console.print(f"done: step {state.step}, {summary}; checkpoints in {run.manager.root}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Save
+
+
+def checkpoint(run: Run, value: float | None, *, last: bool) -> None:
+    """Rank 0 saves this step (once) if `value` of the monitored metric is a new top-k or `last` is asked
+    for; every rank waits at the barrier, so all ranks take the same path."""
+    manager, state = run.manager, run.state
+    if run.fabric.is_global_zero and (last or (value is not None and manager.improves(value))):
+        if manager.step_dir(state.step).name not in manager.written:  # best and last: one save
+            save_step(run)
+        manager.record(state.step, value, last=last)
+    run.fabric.barrier()
+
+
+def save_step(run: Run) -> None:
+    """Write this step's checkpoint: weights (LoRA merged), config, tokenizer, and the trainer state that
+    an exact resume needs (optimizer, data position, best-k bookkeeping, RNG)."""
+    cfg, state = run.cfg, run.state
+    meta = {
+        "step": state.step,
+        "metrics": dict(state.latest),
+        "prompt_template": cfg.data.prompt_template,
+        "data_kind": cfg.data.kind,
+        "generation": cfg.generation.model_dump(),
+    }
+    trainer_state = {
+        "optimizer": run.optimizer.state_dict(),
+        "state": {"step": state.step, "epoch": state.epoch, "batch": state.batch},
+        "latest": dict(state.latest),
+        "manager": run.manager.state_dict(),
+        "rng": _rng_state(),
+    }
+    save_checkpoint(
+        run.manager.step_dir(state.step),
+        model=_weights_to_save(run.raw_model, cfg.train),
+        config=run.model_cfg,
+        tokenizer=run.tokenizer,
+        meta=meta,
+        trainer_state=trainer_state,
+        run_config=dump_config(cfg),
+    )
 
 
 def _weights_to_save(model: nn.Module, t: TrainConfig) -> nn.Module:
@@ -359,48 +451,6 @@ def generation_metrics(model: nn.Module, tokenizer, examples: list, cfg: RunConf
             replies.append(stream.text().strip())
         acc.add(replies, [e.response for e in chunk])
     return {f"val_{k}": v for k, v in acc.compute().items() if k != "count"}
-
-
-class WithLoss(nn.Module):
-    """The model and its next-token cross-entropy as one module: what the loop compiles and runs.
-
-    forward(input_ids, labels, segment_ids=None, reduction="mean") -> the mean loss over the tokens that
-    carry loss (labels != -100), or their sum with reduction="sum".
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, input_ids: Tensor, labels: Tensor, segment_ids: Tensor | None = None, reduction: str = "mean"
-    ) -> Tensor:
-        logits = self.model(input_ids, segment_ids=segment_ids)
-        return F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)),
-            labels.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction=reduction,
-        )
-
-
-def compute_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """Mean next-token cross-entropy of a `WithLoss` model over the tokens that carry loss."""
-    return model(batch["input_ids"], batch["labels"], batch.get("segment_ids"))
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, dataset: TokenDataset, indices: list[int], batch_size: int, fabric: Any
-) -> float:
-    """Token-weighted mean loss of a `WithLoss` model over `indices` of `dataset`."""
-    total = torch.zeros((), device=fabric.device)
-    count = torch.zeros((), device=fabric.device)
-    for i in range(0, len(indices), batch_size):
-        batch = {k: v.to(fabric.device) for k, v in dataset.batch(indices[i : i + batch_size]).items()}
-        total += model(batch["input_ids"], batch["labels"], batch.get("segment_ids"), reduction="sum")
-        count += (batch["labels"] != IGNORE_INDEX).sum()
-    return (total / count.clamp(min=1)).item()
 
 
 def _batch_stream(loader: BatchLoader, state: TrainState):
@@ -451,11 +501,11 @@ def _rng_state() -> dict[str, Any]:
     return rng
 
 
-def _restore(
-    path: Path, model: nn.Module, optimizer, state: TrainState, manager: CheckpointManager, fabric
-) -> None:
-    if not isinstance(model, HFCausalLM):  # a transformers model was loaded from `path` already
-        load_weights(model, path / WEIGHTS_FILE, device=fabric.device)
+def _restore(path: Path, run: Run) -> None:
+    """Weights, optimizer, step, data position, best-k bookkeeping and RNG of the checkpoint at `path`."""
+    optimizer, state, manager = run.optimizer, run.state, run.manager
+    if not isinstance(run.raw_model, HFCausalLM):  # a transformers model was loaded from `path` already
+        load_weights(run.raw_model, path / WEIGHTS_FILE, device=run.fabric.device)
     saved = load_trainer_state(path, keys=("optimizer", "state", "latest", "manager", "rng"))
     try:
         optimizer.load_state_dict(saved["optimizer"])

@@ -16,8 +16,8 @@ from tinylm.chat.memory import (
     lm_counter,
     prompt_budget,
 )
-from tinylm.chat.templates import render_chat
 from tinylm.errors import TinylmError
+from tinylm.templates import render_chat
 from tinylm.tokenizers import train_tokenizer
 
 from .tiny import ALPHABET, chat_checkpoint

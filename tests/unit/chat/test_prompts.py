@@ -3,8 +3,8 @@
 import pytest
 
 from tinylm.chat.prompts import COT_TRIGGER, Example, as_examples, shot_messages, shot_prompt, with_context
-from tinylm.chat.templates import check_messages
 from tinylm.errors import TinylmError
+from tinylm.templates import check_messages
 
 EXAMPLES = [("2 + 2", "4"), {"input": "3 + 5", "output": "8"}, Example("1 + 1", "2")]
 

@@ -1,9 +1,6 @@
 """`Chat` over tiny checkpoints: streaming, memory, what is stored when, retrieval, and the REPL."""
 
-import importlib.machinery
 import io
-import sys
-import types
 
 import pytest
 
@@ -118,18 +115,10 @@ def test_repl_commands_and_errors_keep_the_chat_going(constant_lm):
     assert chat.history == []
 
 
-def test_rag_hook_is_wired_only_when_tinylm_rag_exists(monkeypatch, tmp_path):
+def test_rag_hook_checks_the_index_before_the_first_question(tmp_path):
     db = tmp_path / "index.db"
     with pytest.raises(TinylmError, match=r"index\.db: no such RAG index; build one with `tinylm rag index"):
         rag_retriever(db)
-    db.write_bytes(b"")
-    fake = types.ModuleType("tinylm.rag")
-    fake.__spec__ = importlib.machinery.ModuleSpec("tinylm.rag", None)
-    monkeypatch.setitem(sys.modules, "tinylm.rag", fake)
-    with pytest.raises(TinylmError, match=r"tinylm.rag has no retriever\(db\)"):
-        rag_retriever(db)
-    fake.retriever = lambda db: lambda q: f"{db.name}: {q}"
-    assert rag_retriever(db)("why?") == "index.db: why?"
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    with pytest.raises(TinylmError, match=r"--rag needs the tinylm\.rag module"):
+    db.write_bytes(b"not a database at all, " * 100)
+    with pytest.raises(TinylmError, match=r"index\.db"):
         rag_retriever(db)

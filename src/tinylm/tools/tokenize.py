@@ -57,7 +57,7 @@ def find_tokenizer(source: str | Path) -> Tokenizer:
         return load_tokenizer(path)
     if len(path.parts) > 1:  # a path, not a model name
         raise TinylmError(f"{path}: no such tokenizer or checkpoint directory")
-    from tinylm.convert import resolve_model
+    from tinylm.hub import resolve_model
 
     return load_tokenizer(resolve_model(str(source)) / "tokenizer")
 

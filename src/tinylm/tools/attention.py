@@ -27,7 +27,7 @@ from torch import Tensor
 from tinylm.errors import TinylmError
 from tinylm.files import check_output_dir, kind_of, written_aside
 from tinylm.model import GPT, CausalSelfAttention, apply_rope
-from tinylm.tokenize_view import visible
+from tinylm.tools.tokenize import visible
 
 MAX_TOKENS = 512  # the HTML view embeds layers x heads x T x T weights; beyond this it grows past ~100 MB
 

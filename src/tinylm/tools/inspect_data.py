@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.text import Text
 
 from tinylm.config import RunConfig
-from tinylm.convert import resolve_model
 from tinylm.data.datasets import IGNORE_INDEX, QARows
 from tinylm.errors import TinylmError
+from tinylm.hub import resolve_model
 from tinylm.tokenizers import load_tokenizer
 from tinylm.train.data import prepare
 

@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 
 from tinylm.api import LM, load
-from tinylm.chat.templates import layout_prompt
 from tinylm.config import load_config
-from tinylm.convert import tinylm_home
 from tinylm.data.formats import read_examples
+from tinylm.paths import tinylm_home
+from tinylm.templates import layout_prompt
 
 
 def train_or_load(path: str | Path, *, overrides: list[str] | None = None) -> LM:

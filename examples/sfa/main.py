@@ -11,7 +11,7 @@ laptop CPU); later runs load the cached checkpoint.
 import sys
 from pathlib import Path
 
-from tinylm.sfa import get_embeddings, text_generation
+from tinylm.compat.sfa import get_embeddings, text_generation
 
 
 def main() -> None:

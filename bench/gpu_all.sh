@@ -32,7 +32,7 @@ step() {
 }
 
 step "tests" 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/unit/generate/test_engine.py \
-    tests/unit/test_memory.py tests/unit/test_quantize.py tests/integration/test_train_cli.py
+    tests/unit/test_footprint.py tests/unit/test_quantize.py tests/integration/test_train_cli.py
 step "decode (#3)" 120 python3 bench/decode.py --device cuda --dtype bf16 --batch 1 32
 step "sft (#4)" 75 python3 bench/sft.py --compile
 step "serve (#5)" 90 python3 bench/serve.py --shape smollm2 --clients 32 --requests 2 --max-tokens 128

@@ -7,26 +7,25 @@ train, and it holds no conversation state (that is `tinylm.chat`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from tinylm.checkpoint import Checkpoint, load_checkpoint
+from tinylm.checkpoint import META_FILE, Checkpoint, load_checkpoint
 from tinylm.errors import CheckpointError, TinylmError
-from tinylm.generate.detok import TextStream
+from tinylm.generate.detok import TextStream, reply_text
 from tinylm.generate.engine import Generated, generate_batch
-from tinylm.generate.sampling import SamplingParams
+from tinylm.generate.options import GenerationOptions
+from tinylm.generate.sampling import SamplingParams, sampling_params
 from tinylm.quantize import check_method
 from tinylm.quantize import quantize as quantize_model
 from tinylm.templates import CHAT, render_chat, render_in_template
 
 Prompt = str | list[dict[str, str]]  # plain text, or chat messages
-MAX_BEAMS = 64
 SLIDING_WINDOWS = 16
 """One call generates at most this many context windows of new tokens (the window slides past the first,
 as nanoGPT's sampler does): the bound on what a request may ask for, checked before anything is allocated."""
@@ -41,81 +40,6 @@ class Completion:
     logprobs: list[float] | None
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int
-
-
-@dataclass
-class GenerationOptions:
-    """Every decoding option, with the defaults used when neither the call nor the checkpoint sets one."""
-
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    no_repeat_ngram_size: int = 0
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    early_stopping: bool = False
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] | None = None
-    seed: int | None = None
-    logprobs: bool = False
-    max_prompt_tokens: int | None = None
-    """Keep only the last N tokens of a longer prompt."""
-
-    def sampling(self) -> SamplingParams:
-        """The sampling parameters of these options; TinylmError listing every invalid option."""
-        problems = self.problems()
-        if problems:
-            raise TinylmError("invalid generation options: " + "; ".join(problems))
-        names = {f.name for f in fields(SamplingParams)}
-        return SamplingParams(**{k: getattr(self, k) for k in names})
-
-    def problems(self) -> list[str]:
-        """Every option of the wrong type or out of its range, each naming the option and its value."""
-        ints = ("max_new_tokens", "num_beams", "no_repeat_ngram_size", "top_k", "seed", "max_prompt_tokens")
-        floats = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty")
-        floats += ("presence_penalty", "length_penalty")
-        problems = [
-            f"{name}: expected a whole number, found {getattr(self, name)!r}"
-            for name in ints
-            if getattr(self, name) is not None and not _is_int(getattr(self, name))
-        ]
-        problems += [
-            f"{name}: expected a finite number, found {getattr(self, name)!r}"
-            for name in floats
-            if getattr(self, name) is not None and not _is_finite(getattr(self, name))
-        ]
-        if problems:  # the range checks below assume numbers
-            return problems
-        names = {f.name for f in fields(SamplingParams)}
-        problems += SamplingParams(**{k: getattr(self, k) for k in names}).validate()
-        checks = [
-            ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
-            ("num_beams", 1 <= self.num_beams <= MAX_BEAMS, f"a value in 1..{MAX_BEAMS}"),
-            ("seed", self.seed is None or 0 <= self.seed < 2**64, "a value in 0..2**64-1 (64 bits) or None"),
-            (
-                "max_prompt_tokens",
-                self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
-                ">= 1 or None",
-            ),
-        ]
-        problems += [
-            f"{name}: expected {rule}, found {getattr(self, name)!r}" for name, ok, rule in checks if not ok
-        ]
-        if not isinstance(self.stop, list) or not all(isinstance(s, str) for s in self.stop):
-            problems.append(f"stop: expected a list of strings, found {self.stop!r}")
-        elif any(not s for s in self.stop):
-            problems.append("stop: an empty stop string would end every reply at once")
-        ids = self.stop_token_ids or []
-        if not isinstance(ids, list) or not all(_is_int(i) and i >= 0 for i in ids):
-            problems.append(
-                f"stop_token_ids: expected a list of token ids >= 0, found {self.stop_token_ids!r}"
-            )
-        return problems
 
 
 class LM:
@@ -167,17 +91,10 @@ class LM:
             )
         out = []
         for row, prompt_ids, (_, extra) in zip(rows, ids, laid_out):
-            stream = TextStream(self.tokenizer, [*opts.stop, *extra])
-            for t in row.tokens:
-                if t in stop_ids:
-                    break
-                stream.push(t)
-            stream.finish()
-            reason = "stop" if row.finish_reason == "stop" or stream.stopped else "length"
-            text = stream.text()
-            out.append(
-                Completion(text, row.tokens, row.logprobs if opts.logprobs else None, reason, len(prompt_ids))
-            )
+            text, cut = reply_text(self.tokenizer, row.tokens, stop=[*opts.stop, *extra], stop_ids=stop_ids)
+            reason = "stop" if row.finish_reason == "stop" or cut else "length"
+            logprobs = row.logprobs if opts.logprobs else None
+            out.append(Completion(text, row.tokens, logprobs, reason, len(prompt_ids)))
         return out
 
     def stream(self, prompt: Prompt, *, chat: bool = False, raw: bool = False, **options) -> Iterator[str]:
@@ -243,9 +160,9 @@ class LM:
         merged = {k: v for k, v in self.defaults.items() if k in known}
         merged.update({k: v for k, v in given.items() if v is not None})
         opts = GenerationOptions(**merged)
-        params = opts.sampling()
+        opts.check()
         self._check_fits(opts)
-        return opts, params
+        return opts, sampling_params(opts)
 
     def _check_fits(self, opts: GenerationOptions) -> None:
         """Refuse what this model cannot do in one call, before any buffer is allocated."""
@@ -335,14 +252,6 @@ class LM:
         return Generated(tokens=best, logprobs=[], finish_reason="stop" if ended else "length")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _is_messages(prompt: Any) -> bool:
     return isinstance(prompt, list) and bool(prompt) and all(isinstance(m, dict) for m in prompt)
 
@@ -358,7 +267,7 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu", quanti
     path = Path(name_or_path)
     if not path.exists() and len(path.parts) > 1:  # a path, not a model name
         raise CheckpointError(f"{path}: no such checkpoint directory")
-    if not (path / "tinylm.json").is_file():
+    if not (path / META_FILE).is_file():
         from tinylm.hub import resolve_model
 
         path = resolve_model(name_or_path)

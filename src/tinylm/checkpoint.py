@@ -8,8 +8,9 @@ A checkpoint directory holds:
     config.yaml          the resolved training config (when written by `tinylm train`)
     trainer_state.pt     optimizer, step, epoch, data position, RNG states (only in training checkpoints)
 
-A model that runs through transformers (`tinylm.hf_model`) is stored as `save_pretrained` writes it (its
-config.json beside model.safetensors), and tinylm.json's model is {"kind": "hf", "model_type": ...}.
+A model that writes itself as a Hugging Face directory (`CausalLM.save_pretrained`: one that runs through
+transformers, `tinylm.hf_model`) is stored so (its config.json beside model.safetensors), and tinylm.json's
+model is {"kind": "hf", "model_type": ...}.
 
 Every directory is written under a temporary name and renamed into place, and the `last` / `best` links
 are replaced atomically, so a process killed while saving never leaves a corrupt `last` or `best`.
@@ -41,6 +42,8 @@ FORMAT_VERSION = 1
 META_FILE = "tinylm.json"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
+TOKENIZER_DIR = "tokenizer"
+RUN_CONFIG_FILE = "config.yaml"  # the resolved training config (also in the run folder)
 
 
 @dataclass
@@ -66,16 +69,17 @@ def save_checkpoint(
 ) -> Path:
     """Write a complete checkpoint to `directory` atomically (a temporary sibling, then a rename)."""
     directory = Path(directory)
+    save_pretrained = getattr(model, "save_pretrained", None)  # a CausalLM's; the GRU baseline has none
     with dir_written_aside(directory) as tmp:
-        if isinstance(model, HFCausalLM):
-            model.save_pretrained(tmp)  # config.json + model.safetensors, loadable by transformers as well
+        if save_pretrained is not None:
+            save_pretrained(tmp)  # config.json + model.safetensors, loadable by transformers as well
         else:
             save_model(model, str(tmp / WEIGHTS_FILE))
-        tokenizer.save(tmp / "tokenizer")
+        tokenizer.save(tmp / TOKENIZER_DIR)
         info = {"format_version": FORMAT_VERSION, "model": config.to_dict(), **(meta or {})}
         (tmp / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if run_config is not None:
-            (tmp / "config.yaml").write_text(run_config)
+            (tmp / RUN_CONFIG_FILE).write_text(run_config)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / STATE_FILE)
     return directory
@@ -87,7 +91,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     meta = read_meta(path)
     if _is_hf(meta):
         model = HFCausalLM.from_pretrained(path).to(device)
-        return Checkpoint(path, model, model.config, load_tokenizer(path / "tokenizer"), meta)
+        return Checkpoint(path, model, model.config, load_tokenizer(path / TOKENIZER_DIR), meta)
     try:
         config = GPTConfig.from_dict(meta["model"])
     except (TypeError, ValueError, KeyError) as e:
@@ -98,7 +102,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     model = build_model(config)
     load_weights(model, weights)
     model.to(device).eval()
-    return Checkpoint(path, model, config, load_tokenizer(path / "tokenizer"), meta)
+    return Checkpoint(path, model, config, load_tokenizer(path / TOKENIZER_DIR), meta)
 
 
 def load_weights(model: nn.Module, weights: Path, *, device: str | torch.device = "cpu") -> None:

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator
 
 from tinylm.compat.seed import SEED_TRAINER_SCHEMA, is_seed_trainer, seed_unknown_keys, translate_seed_trainer
 from tinylm.errors import ConfigError, DataError
 from tinylm.files import check_input_file
-from tinylm.model import GPTConfig
+from tinylm.generate.options import pydantic_field
+from tinylm.model import GPTConfig, InvalidConfig
 
 
 class Section(BaseModel):
@@ -165,12 +166,17 @@ class LoggerConfig(Section):
     wandb: WandbConfig | None = None
 
 
-class GenerationDefaults(Section):
-    max_new_tokens: int = Field(64, ge=1, le=MAX_TOKENS)
-    temperature: float = Field(0.0, ge=0.0, le=100.0)
-    top_k: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: list[str] = []
+GenerationDefaults = create_model(
+    "GenerationDefaults",
+    __base__=Section,
+    __doc__="The generation options a checkpoint stores (tinylm.json's `generation`), with the defaults and "
+    "rules of `tinylm.generate.options`; the bounds a typo cannot pass are the config's own.",
+    max_new_tokens=pydantic_field("max_new_tokens", le=MAX_TOKENS),
+    temperature=pydantic_field("temperature", le=100.0),
+    top_k=pydantic_field("top_k"),
+    top_p=pydantic_field("top_p"),
+    stop=pydantic_field("stop"),
+)
 
 
 class RunConfig(Section):
@@ -341,19 +347,15 @@ def _model_problems(model: dict[str, Any], raw: dict[str, Any]) -> list[str]:
     except ValidationError as e:
         problems = []
         for err in e.errors():
-            if err["type"] == "value_error":  # GPTConfig.__post_init__ lists its own problems
-                problems += _listed(str(err["ctx"]["error"]))
+            error = (err.get("ctx") or {}).get("error")
+            if isinstance(error, InvalidConfig):  # GPTConfig.problems(), as its __post_init__ found them
+                problems += [f"model: {p}" for p in error.problems]
             else:
                 problems.append(f"model.{_format_error(err)}")
         return problems
-    except ValueError as e:
-        return _listed(str(e))
+    except InvalidConfig as e:
+        return [f"model: {p}" for p in e.problems]
     return []
-
-
-def _listed(message: str) -> list[str]:
-    """The `  - problem` lines of a GPTConfig error, each prefixed with its section."""
-    return [f"model: {line.strip()[2:]}" for line in message.splitlines() if line.strip().startswith("- ")]
 
 
 def _consistency_problems(cfg: RunConfig) -> list[str]:
@@ -419,15 +421,22 @@ class SeedTestData(Section):
     truncate_promt: bool = True
 
 
-class SeedGenerateParams(Section):
-    do_sample: bool = False
-    max_new_tokens: int = Field(64, ge=1, le=MAX_TOKENS)
-    no_repeat_ngram_size: int = Field(0, ge=0, le=MAX_TOKENS)
-    top_k: int | None = Field(None, ge=0)
-    """0 or None: no top-k filter (as transformers reads 0)."""
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    temperature: float = Field(1.0, ge=0.0, le=100.0)
-    num_beams: int = Field(1, ge=1, le=64)
+SeedGenerateParams = create_model(
+    "SeedGenerateParams",
+    __base__=Section,
+    __doc__="The seed's `generate_params` (transformers' names and defaults), with the ranges of the "
+    "generation options they map to (`tinylm.generate.options`).",
+    do_sample=(bool, False),
+    max_new_tokens=pydantic_field("max_new_tokens", le=MAX_TOKENS),
+    no_repeat_ngram_size=pydantic_field("no_repeat_ngram_size", le=MAX_TOKENS),
+    top_k=(
+        int | None,
+        Field(None, ge=0, description="0 or None: no top-k filter (as transformers reads 0)."),
+    ),
+    top_p=pydantic_field("top_p"),
+    temperature=pydantic_field("temperature", default=1.0, le=100.0),
+    num_beams=pydantic_field("num_beams"),
+)
 
 
 class SeedTestParams(Section):

@@ -2,9 +2,10 @@
 
 `tinylm.convert` maps Llama, Qwen2 and GPT-2 weights onto tinylm's GPT. Any other causal LM on disk (GPT-Neo,
 Mistral, Phi, a Llama with RoPE scaling, ...) is loaded with `AutoModelForCausalLM` and wrapped in
-`HFCausalLM`, which has what the rest of tinylm uses of a GPT: `forward(idx) -> logits`, `embeddings(idx)`
-and a `config` with `vocab_size`, `block_size` and `n_embd`. Generation, chat, embeddings, `fit` (freezing
-and LoRA go by module name) and `tinylm test` run it unchanged.
+`HFCausalLM`, a `tinylm.model.CausalLM` as tinylm's GPT is: `forward(idx) -> logits`, `new_cache`,
+`embeddings(idx)`, a `config` with `vocab_size`, `block_size` and `n_embd`, and the capabilities that tell
+the two apart (`takes_positions`, `static_cache`, `beam_search`, `save_pretrained`). Generation, chat,
+embeddings, `fit` (freezing and LoRA go by module name) and `tinylm test` run it unchanged.
 
 Its checkpoint is the usual checkpoint directory (tinylm.json, tokenizer/, trainer_state.pt) whose weights
 are in the Hugging Face layout that `save_pretrained` writes (config.json, model.safetensors), so
@@ -12,14 +13,16 @@ are in the Hugging Face layout that `save_pretrained` writes (config.json, model
 
 Generation decodes through transformers' own KV cache: `new_cache()` gives an `HFCache` that the engine
 passes as it passes a GPT's static cache, so a prompt is read once and each new token costs one step, and
-prompts of different lengths share a left-padded batch (attention mask and position ids per row).
+prompts of different lengths share a left-padded batch (attention mask and position ids per row) when the
+model takes position ids (`takes_positions`).
 
 Beam search is transformers' own (`generate(num_beams=...)`, `HFCausalLM.beam_search`), which
 `tinylm.generate.beam_search` mirrors step for step on tinylm's GPT; the model's generation_config.json
 stays out of it, so the same arguments mean the same search on either model.
 
-`tinylm serve` runs it with the `CachePerRequest` layout of `tinylm.generate.continuous`: each request has
-its own transformers cache and the running requests take their steps in turn.
+Its cache is not static (`static_cache` is False), so `tinylm serve` runs it with the `CachePerRequest`
+layout of `tinylm.generate.continuous`: each request has its own transformers cache and the running
+requests take their steps in turn.
 
 What it does not do: tinylm's other fast paths do not apply: CUDA graphs, batched serving (continuous
 batching), packed rows, the memory estimate; int8 (`tinylm.quantize`) turns its nn.Linear layers only.
@@ -85,7 +88,10 @@ class HFCache:
 
 
 class HFCausalLM(nn.Module):
-    """An `AutoModelForCausalLM` (`.hf`) behind the forward/embeddings signature of tinylm's GPT."""
+    """An `AutoModelForCausalLM` (`.hf`) as a `tinylm.model.CausalLM`: the forward/embeddings signature of
+    tinylm's GPT, its own beam search and `save_pretrained`."""
+
+    static_cache = False  # transformers' cache: one per generation, only forward touches it
 
     def __init__(self, hf: PreTrainedModel):
         super().__init__()

@@ -1,13 +1,17 @@
 """The tinylm language models: a configurable GPT (decoder-only Transformer) and a GRU baseline.
 
-Read top to bottom: the config, position helpers, attention, MLP, block, the GPT with its static KV cache,
-and the GRU language model. One `GPTConfig` covers the classic variants a course compares (learned,
-sinusoidal, RoPE and ALiBi positions; LayerNorm or RMSNorm; pre- or post-norm; GELU, ReLU or SwiGLU MLPs;
-multi-head, grouped-query and multi-query attention), and mirrors the layouts of GPT-2 and Llama so that
-pretrained weights map onto it name by name.
+Read top to bottom: the config, position helpers, attention, MLP, block, the `CausalLM` Protocol, the GPT
+with its static KV cache, and the GRU language model. One `GPTConfig` covers the classic variants a course
+compares (learned, sinusoidal, RoPE and ALiBi positions; LayerNorm or RMSNorm; pre- or post-norm; GELU,
+ReLU or SwiGLU MLPs; multi-head, grouped-query and multi-query attention), and mirrors the layouts of GPT-2
+and Llama so that pretrained weights map onto it name by name.
 
 A forward pass handles three cases: a full causal pass (training), packed rows where attention never
 crosses a segment boundary (`segment_ids`), and incremental decoding into a preallocated `KVCache`.
+
+`CausalLM` is the seam where tinylm's GPT and a transformers model (`tinylm.hf_model.HFCausalLM`) meet: the
+Protocol of what the rest of tinylm may ask of a model with a KV cache. Callers ask its capabilities
+(explicit positions, a static cache, a beam search or a weights layout of its own), never the class.
 
 What this file does not do: no I/O (checkpoints, HF import live elsewhere), no tokenization, no training
 loop, no sampling. Logits come back in the compute dtype; callers upcast for the loss.
@@ -18,8 +22,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +39,14 @@ KINDS = ("gpt", "gru")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
+
+
+class InvalidConfig(ValueError):
+    """A GPTConfig with invalid fields: `.problems` lists each (what `GPTConfig.problems` found)."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("invalid GPTConfig:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
 
 
 @dataclass
@@ -62,7 +76,7 @@ class GPTConfig:
     def __post_init__(self) -> None:
         problems = self.problems()
         if problems:
-            raise ValueError("invalid GPTConfig:\n" + "\n".join(f"  - {p}" for p in problems))
+            raise InvalidConfig(problems)
 
     def problems(self) -> list[str]:
         """Every invalid field, as messages naming the field, what was found and what is allowed."""
@@ -358,6 +372,56 @@ class Block(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The seam
+
+
+@runtime_checkable
+class CausalLM(Protocol):
+    """What the rest of tinylm may ask of a causal LM with a KV cache: tinylm's `GPT`, or a transformers
+    model behind `tinylm.hf_model.HFCausalLM`. Callers ask these members, never the class, and read a
+    capability once per call, not per decode step. `isinstance(model, CausalLM)` checks that every member
+    is there. The GRU baseline has no cache and is no CausalLM: callers run it on the whole sequence.
+
+    The capabilities:
+
+    - takes_positions: forward places tokens by `positions`, so prompts of different lengths share one
+      left-padded batch (else each runs alone).
+    - static_cache: new_cache() gives a `KVCache`, fixed-shape tensors whose rows and slots callers may cut
+      into views, move and reorder (one cache shared by a batch of requests; beams following their rows);
+      False: an opaque cache that only forward reads and writes, one per generation.
+    - beam_search: the model's own beam search, with the arguments and result of
+      `tinylm.generate.beam_search`; None: that one runs on the static cache.
+    - save_pretrained(directory): writes the model as a Hugging Face model directory in its own layout
+      (checkpoints and `tinylm export` store it so); None: its weights are its state dict (tinylm's
+      model.safetensors; `tinylm.convert` maps them to a Hugging Face layout).
+    """
+
+    config: Any  # GPTConfig or HFModelConfig: vocab_size, block_size (the context), n_embd, to_dict()
+    takes_positions: bool
+    static_cache: bool
+    beam_search: Callable[..., list[tuple[list[int], float]]] | None
+    save_pretrained: Callable[[str | Path], None] | None
+
+    def forward(
+        self,
+        idx: Tensor,
+        *,
+        input_pos: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        cache: Any = None,
+        positions: Tensor | None = None,
+        key_mask: Tensor | None = None,
+    ) -> Tensor:
+        """idx (B, T) -> logits (B, T, vocab_size); the keywords as `GPT.forward` documents them."""
+
+    def new_cache(self, batch_size: int, max_len: int, *, device: Any = None, dtype: Any = None) -> Any:
+        """An empty cache for `batch_size` rows and positions 0..max_len-1, to pass to forward."""
+
+    def embeddings(self, idx: Tensor, *, segment_ids: Tensor | None = None) -> Tensor:
+        """idx (B, T) -> (B, T, n_embd): the hidden states after the final norm."""
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The GPT
 
 
@@ -389,7 +453,12 @@ class KVCache:
 
 
 class GPT(nn.Module):
-    """Decoder-only Transformer: wte (+ wpe) -> blocks h[i] -> ln_f -> lm_head."""
+    """Decoder-only Transformer: wte (+ wpe) -> blocks h[i] -> ln_f -> lm_head. A `CausalLM`."""
+
+    takes_positions = True
+    static_cache = True
+    beam_search = None  # tinylm.generate.beam_search runs on its cache
+    save_pretrained = None  # its state dict is its checkpoint; tinylm.convert.export_hf maps it to HF
 
     def __init__(self, config: GPTConfig):
         super().__init__()

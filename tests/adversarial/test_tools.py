@@ -268,22 +268,13 @@ def test_export_names_the_fields_that_block_it_and_writes_nothing(place: Path, c
 @pytest.fixture(scope="module")
 def hf_llama(tmp_path_factory) -> Path:
     """A tiny Llama folder as `save_pretrained` writes it (config.json, model.safetensors, tokenizer)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM
 
-    from tests.unit.tiny_hf import save_tiny_tokenizer
+    from tests.unit.tiny_hf import save_tiny_tokenizer, tiny_llama_config
 
     path = tmp_path_factory.mktemp("hf") / "llama"
     tok = save_tiny_tokenizer(path)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=tok.eos_token_id,
-    )
+    config = tiny_llama_config(vocab_size=len(tok), eos_token_id=tok.eos_token_id)
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     return path
 

@@ -31,6 +31,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "tinylm.data.formats",
             "tinylm.compat",
             "tinylm.compat.seed",
+            "tinylm.generate.options",  # the one list of generation options, which the config builds on
         ],
     ),
     (
@@ -188,3 +189,18 @@ def test_a_module_imports_nothing_from_a_floor_above_its_own(module):
         if floor_of(target) > mine
     )
     assert above == [], f"{module} ({FLOORS[mine][0]}) imports from a floor above: {above}"
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_is_longer_than_80_lines():
+    """A long function is several steps: name them (STYLE.md, habit 9)."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []

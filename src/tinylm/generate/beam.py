@@ -16,10 +16,10 @@ every row, each step feeds the `num_beams` running tokens, and the cache rows fo
   by `max_new_tokens ** length_penalty` when `early_stopping="never"` and length_penalty > 0.
 
 Tokens are kept as back-pointers (one small list per step) and spelled out only for the returned
-hypotheses, so no step costs more than the model call as the sequences grow. A model that runs through
-transformers (`HFCausalLM`) gets transformers' own beam search, with the same arguments and result. What this
-module does not do: sampling, logits processors, batches of prompts, or windows longer than the model's
-context.
+hypotheses, so no step costs more than the model call as the sequences grow. A model with a beam search
+of its own (`CausalLM.beam_search`: a model run through transformers has transformers') gets that one,
+with the same arguments and result. What this module does not do: sampling, logits processors, batches of
+prompts, or windows longer than the model's context.
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tinylm.hf_model import HFCausalLM
-from tinylm.model import GPT, KVCache
+from tinylm.model import CausalLM, KVCache
 
 _MASKED = -1.0e9  # the score transformers adds to rule a candidate out, kept for identical arithmetic
 
@@ -47,7 +46,7 @@ class _Finished:
 
 @torch.no_grad()
 def beam_search(
-    model: GPT | HFCausalLM,
+    model: CausalLM,
     prompt: Sequence[int],
     *,
     num_beams: int,
@@ -65,7 +64,7 @@ def beam_search(
     is: call `model.eval()` first to turn dropout off.
     """
     _check_args(model, prompt, num_beams, max_new_tokens, eos_ids, early_stopping, num_return_sequences)
-    if isinstance(model, HFCausalLM):  # a model tinylm does not convert: transformers' own beam search
+    if model.beam_search is not None:  # e.g. transformers' own, for a model tinylm does not convert
         return model.beam_search(
             prompt,
             num_beams=num_beams,
@@ -75,7 +74,8 @@ def beam_search(
             early_stopping=early_stopping,
             num_return_sequences=num_return_sequences,
         )
-    device = model.wte.weight.device
+    assert model.static_cache, "tinylm's beam search reorders the rows of a static KV cache"
+    device = next(model.parameters()).device
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
     n_keep = max(2, 1 + len(eos_ids)) * num_beams  # K, as transformers counts eos ids
     top_mask = torch.arange(n_keep, device=device) < num_beams  # only these may finish
@@ -107,7 +107,7 @@ def beam_search(
 
 
 def _check_args(
-    model: GPT | HFCausalLM,
+    model: CausalLM,
     prompt: Sequence[int],
     num_beams: int,
     max_new_tokens: int,
@@ -139,10 +139,10 @@ def _check_args(
         raise ValueError("beam_search: " + "; ".join(problems))
 
 
-def _prefill(model: GPT, prompt: Sequence[int], num_beams: int, max_len: int) -> tuple[KVCache, Tensor]:
+def _prefill(model: CausalLM, prompt: Sequence[int], num_beams: int, max_len: int) -> tuple[KVCache, Tensor]:
     """Run the prompt once (batch 1); return a cache with the prompt in all `num_beams` rows and the
     next-token logits (num_beams, V) of every row."""
-    device = model.wte.weight.device
+    device = next(model.parameters()).device
     cache = model.new_cache(1, max_len, device=device)
     ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)  # (1, T)
     logits = model(ids, input_pos=torch.arange(ids.size(1), device=device), cache=cache)[:, -1]  # (1, V)

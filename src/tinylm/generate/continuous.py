@@ -6,18 +6,19 @@ seed, stops on its own stop ids or token budget, and frees its row as soon as it
 Results go to each request's sink (by default a queue read by `Job.events()`); `tinylm.serve` hands in a
 sink that feeds an asyncio queue.
 
-Where the rows' keys and values live is the `Batcher`'s cache layout, picked by the model:
+Where the rows' keys and values live is the `Batcher`'s cache layout, picked by the model's cache
+(`CausalLM.static_cache`):
 
-- `SharedCache` (tinylm's GPT): one static KV cache of `max_batch` rows and `max_len` positions, and one
-  forward pass for all running rows per step. The pass writes the new key/value of every row at one shared
-  slot, the cursor `at`. Row r holds its tokens contiguously in slots [start_r, at); its key mask hides the
-  slots before start_r and its positions count from start_r, so each row decodes as it would alone
-  (`generate_batch` on one prompt). When the cursor reaches the end of the cache, or a joining prompt is
-  longer than the slots before the cursor, the live slots of all rows move together (one copy per layer) to
-  where the longest row needs them.
-- `CachePerRequest` (a model run through transformers, `HFCausalLM`): each running request has its own
-  transformers cache, and the rows take their steps one after another (the same requests, events, sampling
-  and cancelling, without the batching speed-up). A failing pass ends only its own request.
+- `SharedCache` (a static cache: tinylm's GPT): one KV cache of `max_batch` rows and `max_len` positions,
+  and one forward pass for all running rows per step. The pass writes the new key/value of every row at one
+  shared slot, the cursor `at`. Row r holds its tokens contiguously in slots [start_r, at); its key mask
+  hides the slots before start_r and its positions count from start_r, so each row decodes as it would
+  alone (`generate_batch` on one prompt). When the cursor reaches the end of the cache, or a joining prompt
+  is longer than the slots before the cursor, the live slots of all rows move together (one copy per layer)
+  to where the longest row needs them.
+- `CachePerRequest` (any other cache: a model run through transformers): each running request has its own
+  cache, and the rows take their steps one after another (the same requests, events, sampling and
+  cancelling, without the batching speed-up). A failing pass ends only its own request.
 
 This module sees token ids only: templates, text stop strings and HTTP belong to `tinylm.serve`. It does
 not queue by priority, preempt or split long prompts: requests join in arrival order, each prompt is
@@ -40,8 +41,7 @@ import torch
 from torch import Tensor
 
 from tinylm.generate.sampling import PAD, SamplingParams, choose, process_logits
-from tinylm.hf_model import HFCausalLM
-from tinylm.model import GPT
+from tinylm.model import CausalLM
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,10 @@ class CacheLayout(Protocol):
 
 
 class SharedCache:
-    """tinylm's GPT: all rows in one static KV cache, one forward pass per step (the module docstring)."""
+    """A model with a static cache (tinylm's GPT): all rows in one KV cache, one forward pass per step (the
+    module docstring)."""
 
-    def __init__(self, model: GPT, max_batch: int, max_len: int, device: torch.device):
+    def __init__(self, model: CausalLM, max_batch: int, max_len: int, device: torch.device):
         self.model, self.max_len, self.device = model, max_len, device
         self.cache = model.new_cache(max_batch, max_len)
         self.slots = torch.arange(max_len, device=device)
@@ -225,13 +226,13 @@ class SharedCache:
 
 
 class CachePerRequest:
-    """A model run through transformers: each running request holds its own transformers cache (prompt read
-    once, then one token per step), and the rows take their steps in turn."""
+    """A model whose cache is not static (one run through transformers): each running request holds its own
+    cache (prompt read once, then one token per step), and the rows take their steps in turn."""
 
-    def __init__(self, model: HFCausalLM, max_batch: int, max_len: int, device: torch.device):
+    def __init__(self, model: CausalLM, max_batch: int, max_len: int, device: torch.device):
         self.model, self.max_len = model, max_len
         self.slots = torch.arange(max_len, device=device)
-        self.caches: dict[int, Any] = {}  # running row -> its transformers cache
+        self.caches: dict[int, Any] = {}  # running row -> its cache
         self.device = device
 
     def admit(self, prompt_lengths: list[int]) -> None:
@@ -259,8 +260,8 @@ class CachePerRequest:
 class Batcher:
     """The scheduler: `submit` requests from any thread; a background thread decodes them together."""
 
-    def __init__(self, model: GPT | HFCausalLM, *, max_batch: int = 8, max_len: int | None = None):
-        if not isinstance(model, GPT | HFCausalLM):
+    def __init__(self, model: CausalLM, *, max_batch: int = 8, max_len: int | None = None):
+        if not isinstance(model, CausalLM):
             raise TypeError(
                 "continuous batching needs a model with a KV cache (tinylm's GPT or a transformers model), "
                 f"found {type(model).__name__}"
@@ -272,7 +273,7 @@ class Batcher:
         self.max_batch = max_batch
         self.max_len = max_len or block
         self.device = next(model.parameters()).device
-        layout = SharedCache if isinstance(model, GPT) else CachePerRequest
+        layout = SharedCache if model.static_cache else CachePerRequest
         self.layout: CacheLayout = layout(model, max_batch, self.max_len, self.device)
         self.rows: list[_Row | None] = [None] * max_batch
         self.finished: Counter[str] = Counter()  # jobs ended, by reason

@@ -1,10 +1,13 @@
-"""Incremental detokenization: token ids in, text pieces out, cut at stop strings.
+"""Incremental detokenization: token ids in, text pieces out, cut at stop strings; and `reply_text`, the
+same cutting for a reply generated whole.
 
 The pieces concatenate to exactly the final text: a piece is released only when the decoded text ends
 on a whole character (no half of a multi-byte character) and cannot still turn into a stop string.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection, Iterable
 
 from tinylm.tokenizers import Tokenizer
 
@@ -73,3 +76,17 @@ class TextStream:
         piece = upto[self.released :]
         self.released = max(self.released, len(upto))
         return piece
+
+
+def reply_text(
+    tokenizer: Tokenizer, tokens: Iterable[int], *, stop: list[str], stop_ids: Collection[int]
+) -> tuple[str, bool]:
+    """The text of a finished reply: `tokens` decoded up to the first of `stop_ids`, cut at the first stop
+    string; and whether a stop string cut it. The text is what a `TextStream` streams for the same tokens."""
+    stream = TextStream(tokenizer, stop)
+    for token in tokens:
+        if token in stop_ids:
+            break
+        stream.push(token)
+    stream.finish()
+    return stream.text(), stream.stopped

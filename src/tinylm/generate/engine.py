@@ -2,27 +2,29 @@
 
 Batches of prompts of different lengths are left-padded: each row keeps its own positions, padding is
 masked out of attention, and each row stops on its own (stop id or `max_new_tokens`). Models without a
-cache (the GRU baseline) and generations longer than the context window run on the (cropped) sequence at
-every step, as nanoGPT does. Models run through transformers (`HFCausalLM`) decode through transformers'
-own cache the same way. The engine sees token ids only; text, templates and stop strings belong to
+cache (the GRU baseline, no `CausalLM`) and generations longer than the context window run on the
+(cropped) sequence at every step, as nanoGPT does. A model run through transformers decodes through
+transformers' own cache the same way, and batches prompts of different lengths if it takes positions
+(`CausalLM.takes_positions`). The engine sees token ids only; text, templates and stop strings belong to
 the caller (`tinylm.api`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from tinylm.generate import graphs
 from tinylm.generate.sampling import PAD, SamplingParams, choose
-from tinylm.hf_model import HFCausalLM
-from tinylm.model import GPT
+from tinylm.model import CausalLM
 
-CACHED = (GPT, HFCausalLM)  # models with a KV cache (`new_cache`)
 SYNC_EVERY = {"cuda": 8}  # decode steps queued on a device per host sync (token read-back); else 1
+
+Step = list[tuple[int, int, float]]  # one decode step: (row, token, logprob) of every row still running
 
 
 @dataclass
@@ -35,9 +37,9 @@ class Generated:
 
 
 def _pads(model: nn.Module) -> bool:
-    """Whether the model runs left-padded batches: tinylm's GPT, and transformers models that take
-    position ids (so each row's tokens keep their own positions)."""
-    return isinstance(model, GPT) or (isinstance(model, HFCausalLM) and model.takes_positions)
+    """Whether the model runs left-padded batches: a `CausalLM` that takes explicit positions (tinylm's GPT,
+    transformers models with position ids), so each row's tokens keep their own positions."""
+    return isinstance(model, CausalLM) and model.takes_positions
 
 
 @torch.no_grad()
@@ -110,124 +112,173 @@ def _decode(
     params: SamplingParams,
     stop_ids: Sequence[int],
     generator: torch.Generator | None,
-) -> Iterator[list[tuple[int, int, float]]]:
+) -> Iterator[Step]:
     """Yield, per step, (row, token, logprob) for every row still running.
 
-    The token history is one preallocated (B, prompt + max_new) tensor, -1 where nothing is (yet), so a
-    step's work does not grow with the length; `generated` holds the new tokens, -1 once a row stopped.
-    Steps run `SYNC_EVERY` at a time on the device before their tokens are read back (one host sync per
-    chunk): 1 on the CPU, where reading is free, 8 on a GPU. On a GPU the decode step is a CUDA graph
-    (`tinylm.generate.graphs`).
+    A `CausalLM` reads the prompts once and then one token per step through its KV cache while the
+    sequence fits in the context (`_decode_cached`); past the context window, and for a model without a
+    cache, each step runs on the (cropped) sequence (`_decode_windows`).
     """
     assert prompts and all(len(p) > 0 for p in prompts), "every prompt must hold at least one token"
     if max_new_tokens <= 0:
         return
     device = next(model.parameters()).device
     prompts = [list(p)[-block_size:] for p in prompts]
-    width = max(len(p) for p in prompts)
-    B = len(prompts)
-    history = torch.full((B, width + max_new_tokens), PAD, dtype=torch.long, device=device)
-    for r, p in enumerate(prompts):
-        history[r, width - len(p) : width] = torch.tensor(p)
-    generated = torch.full((B, max_new_tokens), PAD, dtype=torch.long, device=device)  # finished rows: PAD
-    pad = torch.tensor([width - len(p) for p in prompts], device=device)  # (B,)
-    running = torch.ones(B, dtype=torch.bool, device=device)
-    stops = torch.tensor(list(stop_ids) or [-2], device=device)
-    sync_every = SYNC_EVERY.get(device.type, 1)
-    greedy = params == SamplingParams()  # plain argmax, no penalties: whole chunks run on the device
-    chunk: list[tuple[Tensor, Tensor]] = []  # per pending step: (running before it, logprobs)
+    rows = _Rows(prompts, max_new_tokens, params, stop_ids, generator, device)
+    cached = isinstance(model, CausalLM)
+    produced = 0
+    if cached and rows.width < block_size:
+        produced = min(max_new_tokens, block_size - rows.width)
+        stopped = yield from _decode_cached(model, rows, produced, block_size)
+        if stopped or produced == max_new_tokens:
+            return
+    yield from _decode_windows(model, rows, produced, max_new_tokens, block_size, cached=cached)
 
-    def step(logits: Tensor, t: int) -> None:
+
+class _Rows:
+    """The batch on the device while it decodes: the token ids, which rows still run, and the steps not
+    read back yet.
+
+    The token history is one preallocated (B, prompt + max_new) tensor, -1 where nothing is (yet), so a
+    step's work does not grow with the length; `generated` holds the new tokens, -1 once a row stopped.
+    Steps run `SYNC_EVERY` at a time on the device before their tokens are read back (one host sync per
+    chunk, `flush`): 1 on the CPU, where reading is free, 8 on a GPU.
+    """
+
+    def __init__(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        params: SamplingParams,
+        stop_ids: Sequence[int],
+        generator: torch.Generator | None,
+        device: torch.device,
+    ):
+        B, width = len(prompts), max(len(p) for p in prompts)
+        self.B, self.width, self.device = B, width, device
+        self.history = torch.full((B, width + max_new_tokens), PAD, dtype=torch.long, device=device)
+        for r, p in enumerate(prompts):
+            self.history[r, width - len(p) : width] = torch.tensor(p)
+        self.generated = torch.full((B, max_new_tokens), PAD, dtype=torch.long, device=device)
+        self.pad = torch.tensor([width - len(p) for p in prompts], device=device)  # (B,)
+        self.running = torch.ones(B, dtype=torch.bool, device=device)
+        self.stops = torch.tensor(list(stop_ids) or [-2], device=device)
+        self.params, self.generator = params, generator
+        self.sync_every = SYNC_EVERY.get(device.type, 1)
+        self.greedy = params == SamplingParams()  # plain argmax, no penalties: whole chunks run on the device
+        self.chunk: list[tuple[Tensor, Tensor]] = []  # per pending step: (running before it, logprobs)
+
+    def step(self, logits: Tensor, t: int) -> None:
         """Choose token t (0-based among the new ones) for every row; record it on the device."""
-        nonlocal running
-        nxt, logprob = choose(logits.float(), history, generated, params, generator)
-        history[:, width + t] = nxt
-        generated[:, t] = torch.where(running, nxt, PAD)
-        chunk.append((running, logprob))
-        running = running & ~torch.isin(nxt, stops)
+        nxt, logprob = choose(logits.float(), self.history, self.generated, self.params, self.generator)
+        self.history[:, self.width + t] = nxt
+        self.generated[:, t] = torch.where(self.running, nxt, PAD)
+        self.chunk.append((self.running, logprob))
+        self.running = self.running & ~torch.isin(nxt, self.stops)
 
-    def record(ids: Tensor, logprobs: Tensor, t: int) -> None:
+    def record(self, ids: Tensor, logprobs: Tensor, t: int) -> None:
         """Record k tokens (B, k) chosen on the device from token t on, as k calls of `step` would."""
-        nonlocal running
         k = ids.size(1)
         logprobs = logprobs.clone()  # the graph's output buffer: the next replay overwrites it
-        history[:, width + t : width + t + k] = ids
-        hit = torch.isin(ids, stops)  # (B, k)
-        ran = running[:, None] & (hit.cumsum(dim=1) - hit.long() == 0)  # (B, k) running before each step
-        generated[:, t : t + k] = torch.where(ran, ids, PAD)
-        chunk.extend((ran[:, i], logprobs[:, i]) for i in range(k))
-        running = running & ~hit.any(dim=1)
+        self.history[:, self.width + t : self.width + t + k] = ids
+        hit = torch.isin(ids, self.stops)  # (B, k)
+        ran = self.running[:, None] & (hit.cumsum(dim=1) - hit.long() == 0)  # (B, k) running before each step
+        self.generated[:, t : t + k] = torch.where(ran, ids, PAD)
+        self.chunk.extend((ran[:, i], logprobs[:, i]) for i in range(k))
+        self.running = self.running & ~hit.any(dim=1)
 
-    def flush(t: int) -> Iterator[list[tuple[int, int, float]]]:
+    def flush(self, t: int) -> Iterator[Step]:
         """Read back the pending steps, which end with token t - 1, and yield them in order."""
-        first = t - len(chunk)
-        tokens = generated[:, first:t].T.tolist()  # (steps, B)
-        ran = torch.stack([r for r, _ in chunk]).tolist()
-        logprobs = torch.stack([lp for _, lp in chunk]).float().tolist()
-        chunk.clear()
+        first = t - len(self.chunk)
+        tokens = self.generated[:, first:t].T.tolist()  # (steps, B)
+        ran = torch.stack([r for r, _ in self.chunk]).tolist()
+        logprobs = torch.stack([lp for _, lp in self.chunk]).float().tolist()
+        self.chunk.clear()
         for tok, run, lp in zip(tokens, ran, logprobs):
-            yield [(r, tok[r], lp[r]) for r in range(B) if run[r]]
+            yield [(r, tok[r], lp[r]) for r in range(self.B) if run[r]]
 
-    produced = 0
-    if isinstance(model, CACHED) and width < block_size:
-        n_cached = min(max_new_tokens, block_size - width)
-        total = width + n_cached
-        fast = graphs.enabled(model) and n_cached > 1
-        if fast:
-            decoder = graphs.decode_step(model, B, graphs.bucket(total, block_size))
-            cache, slots = decoder.cache, torch.arange(decoder.cache.max_len, device=device)
+
+def _decode_cached(
+    model: CausalLM, rows: _Rows, n_cached: int, block_size: int
+) -> Generator[Step, None, bool]:
+    """Read the prompts into the model's KV cache, then choose the first `n_cached` new tokens, one step
+    each; on a GPU the step is a CUDA graph (`tinylm.generate.graphs`), and plain greedy decoding runs
+    the rest of a chunk in one replay. Returns whether every row stopped."""
+    decoder, cache, slots, key_mask = _new_cache(model, rows, n_cached, block_size)
+    history, width, pad = rows.history, rows.width, rows.pad
+    positions = (
+        torch.arange(width, device=rows.device)[None] - pad[:, None]
+    )  # (B, T) each row's own positions
+    prompt_ids = history[:, :width].clamp(min=0)
+    logits = model(prompt_ids, input_pos=slots[:width], cache=cache, positions=positions, key_mask=key_mask)
+    rows.step(logits[:, -1], 0)
+    produced = 1
+    while True:
+        if len(rows.chunk) == rows.sync_every or produced == n_cached:
+            yield from rows.flush(produced)
+            if not rows.running.any():
+                return True
+        if produced == n_cached:
+            return False
+        at = width + produced - 1  # the slot (and padded position) of the token just chosen
+        if decoder is None:
+            logits = model(
+                history[:, at : at + 1].clamp(min=0),
+                input_pos=slots[at : at + 1],
+                cache=cache,
+                positions=(at - pad)[:, None],
+                key_mask=key_mask,
+            )[:, -1]
         else:
-            cache, slots = model.new_cache(B, total, device=device), torch.arange(total, device=device)
-        key_mask = slots[None] >= pad[:, None]  # (B, S): real tokens, later slots filled as we go
-        if fast:
-            decoder.key_mask.copy_(key_mask)
-        positions = torch.arange(width, device=device)[None] - pad[:, None]  # (B, T) each row's own positions
-        prompt_ids = history[:, :width].clamp(min=0)
-        logits = model(
-            prompt_ids, input_pos=slots[:width], cache=cache, positions=positions, key_mask=key_mask
-        )[:, -1]
-        step(logits, 0)
-        produced = 1
-        while True:
-            if len(chunk) == sync_every or produced == n_cached:
-                yield from flush(produced)
-                if not running.any():
-                    return
-            if produced == n_cached:
-                break
-            at = width + produced - 1  # the slot (and padded position) of the token just chosen
-            if fast:
-                decoder.token.copy_(history[:, at : at + 1].clamp(min=0))
-                decoder.slot.fill_(at)
-                decoder.positions.copy_((at - pad)[:, None])
-            if fast and greedy:  # the rest of this chunk's steps in one graph replay
-                k = min(sync_every - len(chunk), n_cached - produced)
-                record(*decoder.greedy_chunk(k), produced)
+            decoder.token.copy_(history[:, at : at + 1].clamp(min=0))
+            decoder.slot.fill_(at)
+            decoder.positions.copy_((at - pad)[:, None])
+            if rows.greedy:  # the rest of this chunk's steps in one graph replay
+                k = min(rows.sync_every - len(rows.chunk), n_cached - produced)
+                rows.record(*decoder.greedy_chunk(k), produced)
                 produced += k
                 continue
-            if fast:
-                logits = decoder.replay()
-            else:
-                logits = model(
-                    history[:, at : at + 1].clamp(min=0),
-                    input_pos=slots[at : at + 1],
-                    cache=cache,
-                    positions=(at - pad)[:, None],
-                    key_mask=key_mask,
-                )[:, -1]
-            step(logits, produced)
-            produced += 1
-        if produced == max_new_tokens:
-            return
-    for t in range(produced, max_new_tokens):  # no cache, or past the context window
-        window = history[:, : width + t][:, -block_size:]
+            logits = decoder.replay()
+        rows.step(logits, produced)
+        produced += 1
+
+
+def _new_cache(
+    model: CausalLM, rows: _Rows, n_cached: int, block_size: int
+) -> tuple[graphs.DecodeStep | None, Any, Tensor, Tensor]:
+    """The cache to decode into: a fresh one, or that of the compiled decode step when the fast path
+    applies (then also that step); its slots (S,); the key mask (B, S) of the real tokens."""
+    total = rows.width + n_cached
+    decoder = None
+    if graphs.enabled(model) and n_cached > 1:
+        decoder = graphs.decode_step(model, rows.B, graphs.bucket(total, block_size))
+        cache, slots = decoder.cache, torch.arange(decoder.cache.max_len, device=rows.device)
+    else:
+        cache, slots = (
+            model.new_cache(rows.B, total, device=rows.device),
+            torch.arange(total, device=rows.device),
+        )
+    key_mask = slots[None] >= rows.pad[:, None]  # (B, S): real tokens, later slots filled as we go
+    if decoder is not None:
+        decoder.key_mask.copy_(key_mask)
+    return decoder, cache, slots, key_mask
+
+
+def _decode_windows(
+    model: nn.Module, rows: _Rows, first: int, max_new_tokens: int, block_size: int, *, cached: bool
+) -> Iterator[Step]:
+    """New tokens first..max_new_tokens-1, each from a pass over the last `block_size` tokens: a model
+    without a cache, or a generation past the context window. A `CausalLM` (`cached`) gets each row's
+    positions and padding mask; the GRU baseline runs unpadded rows only."""
+    for t in range(first, max_new_tokens):
+        window = rows.history[:, : rows.width + t][:, -block_size:]
         real = window >= 0
-        if isinstance(model, CACHED):
+        if cached:
             logits = model(window.clamp(min=0), positions=real.cumsum(1) - 1, key_mask=real)
         else:
             assert real.all(), "the GRU model decodes padded batches one row at a time"
             logits = model(window)
-        step(logits[:, -1], t)
-        yield from flush(t + 1)
-        if not running.any():
+        rows.step(logits[:, -1], t)
+        yield from rows.flush(t + 1)
+        if not rows.running.any():
             return

@@ -4,7 +4,8 @@ Each processor takes logits (B, V) and returns logits (B, V), with filtered or b
 and matches the transformers processor of the same name (`RepetitionPenaltyLogitsProcessor`,
 `NoRepeatNGramLogitsProcessor`, `TopKLogitsWarper`, `TopPLogitsWarper`, `MinPLogitsWarper`) with
 `min_tokens_to_keep=1`; frequency/presence penalties follow OpenAI's formula. `process_logits` chains them in
-transformers' order and `choose` picks the next ids with their log-probabilities.
+transformers' order and `choose` picks the next ids with their log-probabilities. `SamplingParams` is the
+sampler's view of the generation options (`tinylm.generate.options`): their fields, defaults and rules.
 
 Token histories are (B, T) long tensors in which -1 marks padding: a row is read as its tokens with the -1
 entries dropped, so left-padded prompts and rows that finished early need no special care. This module
@@ -13,40 +14,50 @@ knows nothing about models, caches or text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 import torch
 from torch import Tensor
 
+from tinylm.generate.options import OPTIONS, GenerationOptions
+
 PAD = -1  # marks a padding slot in a history
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to turn logits into the next token; the defaults are plain greedy decoding."""
+SAMPLED = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "no_repeat_ngram_size",
+)
+"""The generation options the sampler reads: the fields of `SamplingParams`."""
 
-    temperature: float = 0.0  # 0 -> greedy
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repetition_penalty: float = 1.0  # CTRL / transformers: seen tokens' logits / penalty if > 0, * if < 0
-    frequency_penalty: float = 0.0  # OpenAI: logit -= frequency_penalty * count in the generated tokens
-    presence_penalty: float = 0.0  # OpenAI: logit -= presence_penalty * (count > 0)
-    no_repeat_ngram_size: int = 0  # 0 -> off
 
-    def validate(self) -> list[str]:
-        """Every problem with these values, each naming the field and its value (empty when all is well)."""
-        checks = [
-            ("temperature", self.temperature >= 0, ">= 0 (0 means greedy)"),
-            ("top_k", self.top_k is None or self.top_k >= 1, ">= 1 or None"),
-            ("top_p", self.top_p is None or 0 < self.top_p <= 1, "a value in (0, 1] or None"),
-            ("min_p", self.min_p is None or 0 <= self.min_p <= 1, "a value in [0, 1] or None"),
-            ("repetition_penalty", self.repetition_penalty > 0, "> 0 (1.0 means off)"),
-            ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, ">= 0 (0 means off)"),
-        ]
-        return [
-            f"{name}: expected {rule}, found {getattr(self, name)!r}" for name, ok, rule in checks if not ok
-        ]
+def _validate(self) -> list[str]:
+    """Every problem with these values, each naming the field and its value (empty when all is well)."""
+    return [p for name in SAMPLED if (p := OPTIONS[name].problem(getattr(self, name))) is not None]
+
+
+SamplingParams = dataclasses.make_dataclass(
+    "SamplingParams",
+    [(name, OPTIONS[name].hint, dataclasses.field(default=OPTIONS[name].default)) for name in SAMPLED],
+    namespace={
+        "__doc__": "How to turn logits into the next token: the options of `SAMPLED`, with their defaults "
+        "(plain greedy decoding) and rules.",
+        "validate": _validate,
+    },
+    frozen=True,
+)
+SamplingParams.__module__ = __name__
+
+
+def sampling_params(options: GenerationOptions) -> SamplingParams:
+    """The sampler's view of `options`."""
+    return SamplingParams(**{name: getattr(options, name) for name in SAMPLED})
 
 
 def _token_counts(ids: Tensor, vocab_size: int) -> Tensor:

@@ -223,6 +223,13 @@ def create_app(
     app.state.server = server
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
     _error_handlers(app)
+    _page_routes(app, server)
+    app.include_router(_v1_routes(server, api_key))
+    return app
+
+
+def _page_routes(app: FastAPI, server: Server) -> None:
+    """GET / (the chat page) and GET /health, open to everyone."""
     page = resources.files("tinylm.serve").joinpath("page.html").read_text(encoding="utf-8")
 
     @app.get("/", include_in_schema=False)
@@ -233,8 +240,11 @@ def create_app(
     def health() -> dict[str, Any]:
         b = server.batcher
         stats = {"context_length": b.max_len, "max_batch": b.max_batch, **b.stats()}
-        return {"status": "ok", "model": model_name, "rag": retriever is not None, **stats}
+        return {"status": "ok", "model": server.model_name, "rag": server.retriever is not None, **stats}
 
+
+def _v1_routes(server: Server, api_key: str | None) -> APIRouter:
+    """The OpenAI-compatible routes under /v1, behind the API key when there is one."""
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(_authorize(api_key))], route_class=JSONRoute)
 
     @v1.get("/models")
@@ -248,107 +258,111 @@ def create_app(
 
     @v1.post("/completions", response_model=None)
     async def completions(body: CompletionRequest, http: HTTPRequest) -> dict[str, Any] | StreamingResponse:
-        server.check_model(body.model)
-        body.unsupported()
-        prompts = await asyncio.to_thread(server.completion_prompts, body.prompt)
-        plan = server.plan(
-            prompts,
-            body,
-            budget=body.max_tokens,
-            default_budget=16,  # OpenAI's default for completions
-            extra_stops=[],
-            top_logprobs=body.logprobs,
-            param="prompt",
-        )
-        if body.stream:
-            return StreamingResponse(
-                _completion_events(server, plan, body), media_type="text/event-stream", headers=SSE_HEADERS
-            )
-        await server.finish(plan, http)
-        choices = [
-            {
-                "index": r.index,
-                "text": r.text,
-                "logprobs": protocol.completion_logprobs(r.logprobs, 0) if r.want_logprobs else None,
-                "finish_reason": r.finish_reason,
-            }
-            for r in plan.replies
-        ]
-        return {
-            "id": protocol.new_id("cmpl"),
-            "object": "text_completion",
-            "created": protocol.now(),
-            "model": model_name,
-            "choices": choices,
-            "usage": protocol.usage(plan.prompt_tokens, plan.completion_tokens),
-        }
+        return await _completions(server, body, http)
 
     @v1.post("/chat/completions", response_model=None)
     async def chat_completions(body: ChatRequest, http: HTTPRequest) -> dict[str, Any] | StreamingResponse:
-        server.check_model(body.model)
-        body.unsupported()
-        ids, stops, label = await server.chat_prompt(body)
-        plan = server.plan(
-            [ids],
-            body,
-            budget=body.reply_budget,
-            default_budget=None,  # OpenAI's chat default: the rest of the context window
-            extra_stops=stops,
-            top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-            param="messages",
-            label=label,
-        )
-        if body.stream:
-            return StreamingResponse(
-                _chat_events(server, plan, body), media_type="text/event-stream", headers=SSE_HEADERS
-            )
-        await server.finish(plan, http)
-        choices = [
-            {
-                "index": r.index,
-                "message": {"role": "assistant", "content": r.text, "refusal": None},
-                "logprobs": protocol.chat_logprobs(r.logprobs) if r.want_logprobs else None,
-                "finish_reason": r.finish_reason,
-            }
-            for r in plan.replies
-        ]
-        return {
-            "id": protocol.new_id("chatcmpl"),
-            "object": "chat.completion",
-            "created": protocol.now(),
-            "model": model_name,
-            "choices": choices,
-            "usage": protocol.usage(plan.prompt_tokens, plan.completion_tokens),
-        }
+        return await _chat_completions(server, body, http)
 
     @v1.post("/embeddings")
     async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
-        server.check_model(body.model)
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise APIError(400, "input: expected a string or a non-empty list of strings", param="input")
-        dim = lm.config.n_embd
-        if body.dimensions not in (None, dim):
-            raise APIError(400, f"dimensions: this model's embeddings have {dim}", param="dimensions")
-        embed = functools.partial(lm.embed, texts, pooling=body.pooling)
-        vectors = await asyncio.wrap_future(server.batcher.call(embed))  # (B, n_embd)
+        return await _embeddings(server, body)
 
-        def count() -> int:  # CPU work: in a thread, off the event loop
-            return sum(min(len(lm.encode(t)), lm.config.block_size) for t in texts)
+    return v1
 
-        tokens = await asyncio.to_thread(count)
-        return {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
-                for i, v in enumerate(vectors.numpy())
-            ],
-            "model": model_name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+
+async def _completions(
+    server: Server, body: CompletionRequest, http: HTTPRequest
+) -> dict[str, Any] | StreamingResponse:
+    server.check_model(body.model)
+    body.unsupported()
+    prompts = await asyncio.to_thread(server.completion_prompts, body.prompt)
+    plan = server.plan(
+        prompts,
+        body,
+        budget=body.max_tokens,
+        default_budget=16,  # OpenAI's default for completions
+        extra_stops=[],
+        top_logprobs=body.logprobs,
+        param="prompt",
+    )
+    if body.stream:
+        return StreamingResponse(
+            _completion_events(server, plan, body), media_type="text/event-stream", headers=SSE_HEADERS
+        )
+    await server.finish(plan, http)
+    choices = [
+        {
+            "index": r.index,
+            "text": r.text,
+            "logprobs": protocol.completion_logprobs(r.logprobs, 0) if r.want_logprobs else None,
+            "finish_reason": r.finish_reason,
         }
+        for r in plan.replies
+    ]
+    kind = "text_completion"
+    return protocol.response(kind, server.model_name, choices, plan.prompt_tokens, plan.completion_tokens)
 
-    app.include_router(v1)
-    return app
+
+async def _chat_completions(
+    server: Server, body: ChatRequest, http: HTTPRequest
+) -> dict[str, Any] | StreamingResponse:
+    server.check_model(body.model)
+    body.unsupported()
+    ids, stops, label = await server.chat_prompt(body)
+    plan = server.plan(
+        [ids],
+        body,
+        budget=body.reply_budget,
+        default_budget=None,  # OpenAI's chat default: the rest of the context window
+        extra_stops=stops,
+        top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        param="messages",
+        label=label,
+    )
+    if body.stream:
+        return StreamingResponse(
+            _chat_events(server, plan, body), media_type="text/event-stream", headers=SSE_HEADERS
+        )
+    await server.finish(plan, http)
+    choices = [
+        {
+            "index": r.index,
+            "message": {"role": "assistant", "content": r.text, "refusal": None},
+            "logprobs": protocol.chat_logprobs(r.logprobs) if r.want_logprobs else None,
+            "finish_reason": r.finish_reason,
+        }
+        for r in plan.replies
+    ]
+    kind = "chat.completion"
+    return protocol.response(kind, server.model_name, choices, plan.prompt_tokens, plan.completion_tokens)
+
+
+async def _embeddings(server: Server, body: EmbeddingRequest) -> dict[str, Any]:
+    server.check_model(body.model)
+    lm = server.lm
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise APIError(400, "input: expected a string or a non-empty list of strings", param="input")
+    dim = lm.config.n_embd
+    if body.dimensions not in (None, dim):
+        raise APIError(400, f"dimensions: this model's embeddings have {dim}", param="dimensions")
+    embed = functools.partial(lm.embed, texts, pooling=body.pooling)
+    vectors = await asyncio.wrap_future(server.batcher.call(embed))  # (B, n_embd)
+
+    def count() -> int:  # CPU work: in a thread, off the event loop
+        return sum(min(len(lm.encode(t)), lm.config.block_size) for t in texts)
+
+    tokens = await asyncio.to_thread(count)
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
+            for i, v in enumerate(vectors.numpy())
+        ],
+        "model": server.model_name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 async def _completion_events(server: Server, plan: Plan, body: CompletionRequest) -> AsyncIterator[str]:

@@ -60,6 +60,20 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def response(
+    kind: str, model: str, choices: list[dict[str, Any]], prompt: int, completion: int
+) -> dict[str, Any]:
+    """A whole (not streamed) reply: kind "text_completion" or "chat.completion", with its id and usage."""
+    return {
+        "id": new_id("cmpl" if kind == "text_completion" else "chatcmpl"),
+        "object": kind,
+        "created": now(),
+        "model": model,
+        "choices": choices,
+        "usage": usage(prompt, completion),
+    }
+
+
 def finite(logprob: float) -> float:
     return max(logprob, UNLIKELY)
 

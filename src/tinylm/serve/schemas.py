@@ -4,16 +4,40 @@ Fields follow OpenAI's API with its ranges. Unknown fields are refused (a typo s
 error, not a silent default); a few that only label a request (`user`, `metadata`, ...) are accepted and
 ignored. OpenAI features tinylm does not have (`echo`, `logit_bias`, tools, ...) are refused by
 `unsupported()` with the field named. Extensions: `top_k`, `min_p`, `repetition_penalty` for sampling, `rag`
-for chat (on a server started with `--rag`), `pooling` for embeddings. This module only describes requests.
+for chat (on a server started with `--rag`), `pooling` for embeddings. The fields that are generation options
+are built from `tinylm.generate.options` (`OPENAI_NAMES`), within OpenAI's ranges (`OPENAI_RANGES`). This
+module only describes requests.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
+from tinylm.generate.options import OPTIONS, pydantic_field
 from tinylm.serve.protocol import APIError
+
+OPENAI_NAMES = {  # generation option -> its field in a request body
+    "max_new_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "stop": "stop",
+    "seed": "seed",
+}
+OPENAI_RANGES = {  # where OpenAI's range is not the option's
+    "temperature": {"le": 2},
+    "frequency_penalty": {"ge": -2, "le": 2},
+    "presence_penalty": {"ge": -2, "le": 2},
+    "seed": {"ge": -(2**63), "le": 2**63 - 1},  # choice j: seed + j, in torch's -2**63..2**64-1
+}
+PLANNED = ("max_new_tokens", "seed")
+"""Options the server's plan applies itself (the reply budget, seed + j for choice j), not `LM`'s options."""
 
 
 class _Body(BaseModel):
@@ -33,23 +57,23 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class GenerationBody(_Body):
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+_OptionFields = create_model(  # unset (None): the checkpoint's default
+    "_OptionFields",
+    __base__=_Body,
+    **{
+        OPENAI_NAMES[name]: pydantic_field(name, default=None, **OPENAI_RANGES.get(name, {}))
+        for name in OPENAI_NAMES
+        if name != "stop"  # OpenAI's shape, below
+    },
+)
+
+
+class GenerationBody(_OptionFields):
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = Field(
-        None, ge=-(2**63), le=2**63 - 1
-    )  # choice j: seed + j, in torch's -2**63..2**64-1
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
-    top_k: int | None = Field(None, ge=1)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0)
 
     @field_validator("stop")
     @classmethod
@@ -60,10 +84,9 @@ class GenerationBody(_Body):
         return stops
 
     def sampling_options(self) -> dict[str, Any]:
-        """The options `tinylm.api.LM` knows, for the fields that were set (the rest keep their defaults)."""
-        names = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty")
-        names += ("repetition_penalty", "stop")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        """The options `tinylm.api.LM` resolves, for the fields that were set (the rest keep their defaults)."""
+        given = {name: getattr(self, OPENAI_NAMES[name]) for name in OPENAI_NAMES if name not in PLANNED}
+        return {name: value for name, value in given.items() if value is not None}
 
     def unsupported(self) -> None:
         if self.logit_bias:
@@ -119,7 +142,7 @@ class Message(BaseModel):
 
 class ChatRequest(GenerationBody):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, **OPTIONS["max_new_tokens"].rule.bounds())  # max_tokens
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[Any] | None = None

@@ -13,8 +13,6 @@ from tinylm.api import load
 from tinylm.convert import export_hf, export_type, to_hf_tokenizer
 from tinylm.errors import TinylmError
 from tinylm.files import check_output_dir, dir_written_aside
-from tinylm.hf_model import HFCausalLM
-from tinylm.model import GPT
 from tinylm.templates import template_as_jinja
 from tinylm.tokenizers import BPETokenizer, HFTokenizer
 
@@ -22,10 +20,11 @@ from tinylm.tokenizers import BPETokenizer, HFTokenizer
 def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: bool = True) -> Path:
     """`tinylm export`: a checkpoint (a directory, a run's `last`/`best` link or a model name) -> a new
     Hugging Face model directory at `out_dir` that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained`
-    read. A GPT goes through `export_hf`; a model run through transformers is saved as it is. A model that
-    chats in its own Q/A prompt template gets that layout as the tokenizer's chat template. Written into
-    a temporary sibling, flushed, then renamed into place; `out_dir` must be new or an empty directory (not a
-    link, not the current directory or one above it), so nothing already there is lost."""
+    read. A GPT goes through `export_hf`; a model that writes itself as one (`CausalLM.save_pretrained`: a
+    model run through transformers) is saved as it is. A model that chats in its own Q/A prompt template
+    gets that layout as the tokenizer's chat template. Written into a temporary sibling, flushed, then
+    renamed into place; `out_dir` must be new or an empty directory (not a link, not the current directory
+    or one above it), so nothing already there is lost."""
     out = _new_dir(Path(out_dir))
     lm = load(source)
     if tokenizer and not isinstance(lm.tokenizer, BPETokenizer | HFTokenizer):
@@ -33,12 +32,13 @@ def export_checkpoint(source: str | Path, out_dir: str | Path, *, tokenizer: boo
             f"{source}: its {lm.tokenizer.kind!r} tokenizer has no Hugging Face equivalent (only 'bpe' and 'hf' "
             "tokenizers export); pass --no-tokenizer to export the weights alone"
         )
-    if isinstance(lm.model, GPT):
+    save_pretrained = getattr(lm.model, "save_pretrained", None)  # a CausalLM's; the GRU baseline has none
+    if save_pretrained is None:
         export_type(lm.config)  # a config that does not map fails before anything is written
     chat = template_as_jinja(lm.prompt_template) if lm.chats_in_prompt_template() else None
     with dir_written_aside(out, replace=False, what="export") as tmp:
-        if isinstance(lm.model, HFCausalLM):
-            lm.model.save_pretrained(tmp)
+        if save_pretrained is not None:
+            save_pretrained(tmp)
             if tokenizer:
                 hf_tokenizer = to_hf_tokenizer(lm.tokenizer)
                 if chat and not hf_tokenizer.chat_template:

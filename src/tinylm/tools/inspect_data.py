@@ -9,6 +9,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.text import Text
 
+from tinylm.checkpoint import TOKENIZER_DIR
 from tinylm.config import RunConfig
 from tinylm.data.datasets import IGNORE_INDEX, QARows
 from tinylm.errors import TinylmError
@@ -21,7 +22,7 @@ def inspect_data(cfg: RunConfig, *, examples: int = 3) -> dict[str, float]:
     if not 0 <= examples <= 10_000:
         raise TinylmError(f"--examples: expected how many examples to show, 0..10000, found {examples}")
     console = Console()
-    tokenizer = load_tokenizer(resolve_model(cfg.init_from) / "tokenizer") if cfg.init_from else None
+    tokenizer = load_tokenizer(resolve_model(cfg.init_from) / TOKENIZER_DIR) if cfg.init_from else None
     data = prepare(cfg, tokenizer)
     tok = data.tokenizer
     if not isinstance(data.train, QARows):

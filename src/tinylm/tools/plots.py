@@ -20,8 +20,8 @@ from pathlib import Path
 from tinylm.data.formats import read_text
 from tinylm.errors import DataError
 from tinylm.files import check_input_file, check_output_dir, kind_of, written_aside
+from tinylm.train.loggers import METRICS_FILE
 
-METRICS_FILE = "metrics.csv"
 PANELS = (  # (title, y label, the metrics drawn in it)
     ("loss", "cross-entropy", ("train_loss", "val_loss")),
     ("learning rate", "lr", ("lr",)),

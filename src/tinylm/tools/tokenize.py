@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tinylm.checkpoint import TOKENIZER_DIR
 from tinylm.errors import TinylmError
 from tinylm.files import kind_of
 from tinylm.tokenizers import Tokenizer, load_tokenizer
@@ -51,15 +52,15 @@ def find_tokenizer(source: str | Path) -> Tokenizer:
         raise TinylmError(
             f"{path}: expected a tokenizer or checkpoint directory, found {kind_of(path.stat().st_mode)}"
         )
-    if (path / "tokenizer").is_dir():
-        return load_tokenizer(path / "tokenizer")
+    if (path / TOKENIZER_DIR).is_dir():
+        return load_tokenizer(path / TOKENIZER_DIR)
     if path.is_dir():
         return load_tokenizer(path)
     if len(path.parts) > 1:  # a path, not a model name
         raise TinylmError(f"{path}: no such tokenizer or checkpoint directory")
     from tinylm.hub import resolve_model
 
-    return load_tokenizer(resolve_model(str(source)) / "tokenizer")
+    return load_tokenizer(resolve_model(str(source)) / TOKENIZER_DIR)
 
 
 def tokenize(tokenizer: Tokenizer, text: str) -> Tokenized:

@@ -10,12 +10,14 @@ import csv
 from pathlib import Path
 from typing import Any
 
+METRICS_FILE = "metrics.csv"  # in the run folder: step,name,value rows
+
 
 class CSVLog:
     """Appends `step,name,value` rows to RUN_DIR/metrics.csv (long format: any metric, any time)."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / "metrics.csv"
+        self.path = run_dir / METRICS_FILE
         run_dir.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self.path.write_text("step,name,value\n")

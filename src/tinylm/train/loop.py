@@ -21,7 +21,9 @@ from rich.console import Console
 from torch import nn
 
 from tinylm.checkpoint import (
+    RUN_CONFIG_FILE,
     STATE_FILE,
+    TOKENIZER_DIR,
     WEIGHTS_FILE,
     CheckpointManager,
     is_hf_checkpoint,
@@ -33,7 +35,7 @@ from tinylm.config import RunConfig, TrainConfig, dump_config
 from tinylm.data.datasets import BatchLoader, TokenDataset, eval_indices
 from tinylm.errors import CheckpointError, TinylmError
 from tinylm.files import write_text_atomic
-from tinylm.hf_model import HFCausalLM, HFModelConfig
+from tinylm.hf_model import HFModelConfig
 from tinylm.model import GPTConfig, build_model, count_params
 from tinylm.templates import layout_prompt
 from tinylm.tokenizers import Tokenizer, load_tokenizer
@@ -165,7 +167,7 @@ def setup(cfg: RunConfig) -> Run:
         if fabric.is_global_zero:
             CSVLog(run_dir).truncate_after(run.state.step)
     if fabric.is_global_zero:
-        write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
+        write_text_atomic(run_dir / RUN_CONFIG_FILE, dump_config(cfg))
         _announce(run)
     return run
 
@@ -203,7 +205,7 @@ def _data_and_model(
     in memory before a single weight is allocated; frozen or LoRA-wrapped as configured."""
     init = init_path(cfg)
     source = resume_from or init
-    data = prepare(cfg, load_tokenizer(source / "tokenizer") if source else None)
+    data = prepare(cfg, load_tokenizer(source / TOKENIZER_DIR) if source else None)
     model_cfg: GPTConfig | HFModelConfig
     if source is not None and is_hf_checkpoint(source):  # runs through transformers (tinylm.hf_model)
         raw_model = hf_model(cfg, source).to(fabric.device)  # resumed or pretrained weights
@@ -424,11 +426,12 @@ def _weights_to_save(model: nn.Module, t: TrainConfig) -> nn.Module:
 def generation_metrics(model: nn.Module, tokenizer, examples: list, cfg: RunConfig) -> dict[str, float]:
     """Greedy answers for `examples`, in batches of 8, scored against their references (BLEU, ROUGE, EM)."""
     from tinylm.evaluate import MetricAccumulator
-    from tinylm.generate.detok import TextStream
+    from tinylm.generate.detok import reply_text
     from tinylm.generate.engine import generate_batch
 
     acc = MetricAccumulator()
     block = model.config.block_size
+    stop_ids = [tokenizer.eos_id]
     for start in range(0, len(examples), 8):
         chunk = examples[start : start + 8]
         prompts = [
@@ -440,15 +443,12 @@ def generation_metrics(model: nn.Module, tokenizer, examples: list, cfg: RunConf
             prompts,
             max_new_tokens=cfg.generation.max_new_tokens,
             block_size=block,
-            stop_ids=[tokenizer.eos_id],
+            stop_ids=stop_ids,
         )
-        replies = []
-        for row in rows:
-            stream = TextStream(tokenizer, cfg.generation.stop)
-            for token in row.tokens:
-                if token != tokenizer.eos_id:
-                    stream.push(token)
-            replies.append(stream.text().strip())
+        texts = [
+            reply_text(tokenizer, r.tokens, stop=cfg.generation.stop, stop_ids=stop_ids)[0] for r in rows
+        ]
+        replies = [t.strip() for t in texts]
         acc.add(replies, [e.response for e in chunk])
     return {f"val_{k}": v for k, v in acc.compute().items() if k != "count"}
 
@@ -504,7 +504,7 @@ def _rng_state() -> dict[str, Any]:
 def _restore(path: Path, run: Run) -> None:
     """Weights, optimizer, step, data position, best-k bookkeeping and RNG of the checkpoint at `path`."""
     optimizer, state, manager = run.optimizer, run.state, run.manager
-    if not isinstance(run.raw_model, HFCausalLM):  # a transformers model was loaded from `path` already
+    if not is_hf_checkpoint(path):  # else `_data_and_model` loaded the transformers model from `path`
         load_weights(run.raw_model, path / WEIGHTS_FILE, device=run.fabric.device)
     saved = load_trainer_state(path, keys=("optimizer", "state", "latest", "manager", "rng"))
     try:

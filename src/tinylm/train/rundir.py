@@ -21,9 +21,11 @@ import shutil
 import time
 from pathlib import Path
 
+from tinylm.checkpoint import RUN_CONFIG_FILE
 from tinylm.config import CONFIG_HEADER
 from tinylm.errors import TinylmError
 from tinylm.files import check_output_dir, pid_alive
+from tinylm.train.loggers import METRICS_FILE
 
 _TEMPORARY = re.compile(r"\.(step-\d+|last|best)\.(tmp|old)-(\d+)")
 
@@ -44,14 +46,14 @@ def claim_run_dir(run_dir: Path, resume_from: Path | None) -> list[str]:
         )
     if resume_from is not None:
         _refuse_rewinding(ckpt_root, resume_from, steps)
-    config = run_dir / "config.yaml"
+    config = run_dir / RUN_CONFIG_FILE
     if config.exists() and not steps and not _written_by_train(config):
         raise TinylmError(
             f"out_dir {run_dir} holds a config.yaml that `tinylm train` did not write; a run would overwrite "
             "it: choose another out_dir (`--set out_dir=...`)"
         )
     notes = clear_temporaries(ckpt_root)
-    metrics = run_dir / "metrics.csv"
+    metrics = run_dir / METRICS_FILE
     if resume_from is None and metrics.is_file():  # a run that died before its first checkpoint
         aside = (
             run_dir / f"metrics.{time.strftime('%Y%m%d-%H%M%S', time.localtime(metrics.stat().st_mtime))}.csv"

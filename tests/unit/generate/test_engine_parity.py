@@ -4,13 +4,14 @@ and with every logits processor on (greedy after penalties, so the comparison is
 import pytest
 import torch
 
+from tests.unit.tiny_hf import tiny_llama_config
 from tinylm.convert import hf_to_tinylm
 from tinylm.generate.engine import generate_batch
 from tinylm.generate.sampling import SamplingParams
 
 
 def _pair(family: str):
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+    from transformers import AutoModelForCausalLM, GPT2Config
 
     torch.manual_seed(0)
     if family == "gpt2":
@@ -24,14 +25,8 @@ def _pair(family: str):
             eos_token_id=None,
         )
     else:
-        cfg = LlamaConfig(
+        cfg = tiny_llama_config(
             vocab_size=80,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
             bos_token_id=None,
             eos_token_id=None,  # no end-of-sequence: both sides generate every token
         )

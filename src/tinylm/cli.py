@@ -13,8 +13,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tinylm.errors import TinylmError
+from tinylm.generate.options import OPTIONS
+
+# The generation options each verb takes as flags (`add_option_flags`); `generate` prints text, so it has no
+# use for log-probabilities, and its prompt is the user's to keep short.
+GENERATE_OPTIONS = tuple(name for name in OPTIONS if name not in ("logprobs", "max_prompt_tokens"))
+CHAT_OPTIONS = ("max_new_tokens", "temperature", "top_p", "seed")
+RAG_ASK_OPTIONS = ("max_new_tokens", "temperature", "seed")
+Subparsers = argparse._SubParsersAction  # what add_subparsers returns
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -28,27 +37,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from tinylm.api import load
 
     lm = load(args.model, quantize=args.quantize)
-    options = {
-        name: getattr(args, name)
-        for name in (
-            "max_new_tokens",
-            "temperature",
-            "top_k",
-            "top_p",
-            "min_p",
-            "repetition_penalty",
-            "frequency_penalty",
-            "presence_penalty",
-            "no_repeat_ngram_size",
-            "num_beams",
-            "length_penalty",
-            "stop",
-            "stop_token_ids",
-            "seed",
-        )
-    }
-    if args.early_stopping:
-        options["early_stopping"] = True
+    options = option_values(args, GENERATE_OPTIONS)
     if args.system and not args.chat:
         raise TinylmError("--system needs --chat")
     prompt = (
@@ -109,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         port=args.port,
         api_key=args.api_key if args.api_key is not None else os.environ.get("TINYLM_API_KEY"),
         rag=args.rag,
+        retrieval=args.retrieval,
         max_batch=args.max_batch,
         max_len=args.max_len,
         device=args.device,
@@ -148,11 +138,9 @@ def cmd_chat(args: argparse.Namespace) -> None:
         db=args.db,
         strategy=args.strategy,
         rag=args.rag,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
+        retrieval=args.retrieval,
         quantize=args.quantize,
+        **option_values(args, CHAT_OPTIONS),
     )
 
 
@@ -229,8 +217,15 @@ def cmd_rag_index(args: argparse.Namespace) -> None:
 def cmd_rag_ask(args: argparse.Namespace) -> None:
     from tinylm.rag import ask
 
-    options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed}
-    answer = ask(args.db, args.question, args.model, k=args.k, **options)
+    answer = ask(
+        args.db,
+        args.question,
+        args.model,
+        k=args.k,
+        retrieval=args.retrieval,
+        weights=args.weights,
+        **option_values(args, RAG_ASK_OPTIONS),
+    )
     if args.show_prompt:
         shown = answer.prompt if isinstance(answer.prompt, str) else json.dumps(answer.prompt, indent=2)
         print(f"--- prompt ---\n{shown}\n--- answer ---")
@@ -241,21 +236,33 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
 
 
 def cmd_rag_eval(args: argparse.Namespace) -> None:
-    from tinylm.rag import evaluate
+    from tinylm.rag import RETRIEVALS, compare
 
-    report = evaluate(args.db, args.questions, k=args.k)
+    modes = RETRIEVALS if args.compare else [args.retrieval]
+    reports = compare(args.db, args.questions, k=args.k, retrievals=modes, weights=args.weights)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        data = {m: r.as_dict() for m, r in reports.items()}
+        print(json.dumps(data if args.compare else data[args.retrieval], indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{args.questions.name}: {len(report.questions)} questions")
+    first = reports[modes[0]]
+    table = Table(title=f"{args.questions.name}: {len(first.questions)} questions")
     table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row(f"hit rate@{report.k}", f"{report.hit_rate:.4f}")
-    table.add_row("MRR", f"{report.mrr:.4f}")
+    for mode in modes:
+        table.add_column(mode if args.compare else "value", justify="right")
+    table.add_row(f"hit rate@{first.k}", *(f"{r.hit_rate:.4f}" for r in reports.values()))
+    table.add_row("MRR", *(f"{r.mrr:.4f}" for r in reports.values()))
+    table.add_row(f"recall@{first.k}", *(f"{r.recall:.4f}" for r in reports.values()))
     Console().print(table)
+
+
+def cmd_rag_upgrade(args: argparse.Namespace) -> None:
+    from tinylm.rag import upgrade
+
+    done = upgrade(args.db)
+    print(f"{args.db}: {'added the lexical index' if done else 'up to date, nothing to do'}")
 
 
 def cmd_estimate_memory(args: argparse.Namespace) -> None:
@@ -312,36 +319,78 @@ def _quantize_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_option_flags(p: argparse.ArgumentParser, names: Sequence[str], **defaults: Any) -> None:
+    """A flag for each generation option in `names` (`--max-new-tokens` for max_new_tokens), with its type and
+    help from `tinylm.generate.options`. An unset flag is None, so the checkpoint's default applies, unless
+    `defaults` gives the verb's own."""
+    for name in names:
+        option = OPTIONS[name]
+        if option.kind is bool:
+            how: dict[str, Any] = {"action": "store_true"}
+        else:
+            how = {"type": option.kind, "nargs": "+" if option.many else None}
+        p.add_argument(f"--{name.replace('_', '-')}", default=defaults.get(name), help=option.help, **how)
+
+
+def option_values(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """The generation options of a verb's flags, None where unset."""
+    return {name: getattr(args, name) for name in names}
+
+
+def _set_flag(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinylm", description="Train, run and serve small language models.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _train_parser,
+        _test_parser,
+        _inspect_data_parser,
+        _generate_parser,
+        _models_parser,
+        _export_parser,
+        _embed_parser,
+        _serve_parser,
+        _chat_parser,
+        _tokenizer_parser,
+        _rag_parser,
+        _estimate_memory_parser,
+        _plot_parser,
+        _attention_parser,
+        _tokenize_parser,
+    ):
+        add(sub)
+    return parser
 
+
+def _train_parser(sub: Subparsers) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", type=Path)
-    p.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config keys, e.g. train.max_steps=10 (repeatable)",
-    )
+    _set_flag(p, "override config keys, e.g. train.max_steps=10 (repeatable)")
     p.set_defaults(func=cmd_train)
 
+
+def _test_parser(sub: Subparsers) -> None:
     p = sub.add_parser("test", help="generate answers for a data split and report BLEU / ROUGE / exact match")
     p.add_argument("config", type=Path, help="a seed-style test_config.yaml")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    _set_flag(p)
     p.set_defaults(func=cmd_test)
 
+
+def _inspect_data_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "inspect-data", help="show which tokens carry loss, truncation and end-of-sequence checks"
     )
     p.add_argument("config", type=Path)
     p.add_argument("--examples", type=int, default=3)
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    _set_flag(p)
     p.set_defaults(func=cmd_inspect_data)
 
+
+def _generate_parser(sub: Subparsers) -> None:
     p = sub.add_parser("generate", help="generate a reply with a checkpoint or a pretrained model")
     p.add_argument("model", help="a checkpoint dir, a model name (see `tinylm models`) or an HF model dir")
     p.add_argument("prompt")
@@ -349,27 +398,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="a system message (with --chat)")
     p.add_argument("--stream", action="store_true", help="print the reply as it is generated")
     p.add_argument("--raw", action="store_true", help="do not apply the checkpoint's prompt template")
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--temperature", type=float, help="0 (the default) is greedy")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--min-p", type=float)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--frequency-penalty", type=float)
-    p.add_argument("--presence-penalty", type=float)
-    p.add_argument("--no-repeat-ngram-size", type=int)
-    p.add_argument("--num-beams", type=int)
-    p.add_argument("--length-penalty", type=float)
-    p.add_argument("--early-stopping", action="store_true")
-    p.add_argument("--stop", nargs="+", help="stop strings (default: the checkpoint's)")
-    p.add_argument("--stop-token-ids", type=int, nargs="+")
-    p.add_argument("--seed", type=int)
+    add_option_flags(p, GENERATE_OPTIONS)
     _quantize_flag(p)
     p.set_defaults(func=cmd_generate)
 
+
+def _models_parser(sub: Subparsers) -> None:
     p = sub.add_parser("models", help="list the pretrained models tinylm can load offline")
     p.set_defaults(func=cmd_models)
 
+
+def _export_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "export", help="write a checkpoint as a Hugging Face model directory (save_pretrained)"
     )
@@ -378,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tokenizer", action="store_true", help="the weights and config.json alone")
     p.set_defaults(func=cmd_export)
 
+
+def _embed_parser(sub: Subparsers) -> None:
     p = sub.add_parser("embed", help="embed texts with a checkpoint or a pretrained model")
     p.add_argument(
         "model", help="a checkpoint dir, a run's last/best link or a model name (see `tinylm models`)"
@@ -389,12 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the vectors as JSON")
     p.set_defaults(func=cmd_embed)
 
+
+def _serve_parser(sub: Subparsers) -> None:
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API, with a chat page")
     p.add_argument("model", help="a checkpoint dir, a model name (see `tinylm models`) or an HF model dir")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 (default: $TINYLM_API_KEY)")
     p.add_argument("--rag", type=Path, metavar="DB", help="a `tinylm rag index` database chat answers from")
+    _retrieval_flag(p)
     p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (slots)")
     p.add_argument("--max-len", type=int, help="context window served (default: the model's, at most 2048)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -408,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     _quantize_flag(p)
     p.set_defaults(func=cmd_serve)
 
+
+def _chat_parser(sub: Subparsers) -> None:
     from tinylm.chat.memory import DEFAULT_STRATEGY, STRATEGIES
 
     p = sub.add_parser("chat", help="chat in the terminal; conversations are stored and resumable")
@@ -422,14 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_STRATEGY,
         help="what to forget first when the conversation outgrows the context window",
     )
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--temperature", type=float, help="0 (the default) is greedy")
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--seed", type=int)
+    add_option_flags(p, CHAT_OPTIONS)
     p.add_argument("--rag", type=Path, metavar="DB", help="answer from a tinylm.rag index (needs tinylm.rag)")
+    _retrieval_flag(p)
     _quantize_flag(p)
     p.set_defaults(func=cmd_chat)
 
+
+def _tokenizer_parser(sub: Subparsers) -> None:
     p = sub.add_parser("tokenizer", help="tokenizer tools")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True)
     t = tsub.add_parser("train", help="train a tokenizer on text files")
@@ -439,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, required=True)
     t.set_defaults(func=cmd_tokenizer_train)
 
+
+def _rag_parser(sub: Subparsers) -> None:
     p = sub.add_parser("rag", help="retrieval-augmented generation over your documents")
     rsub = p.add_subparsers(dest="rag_command", required=True)
     r = rsub.add_parser("index", help="index .txt/.md/.html/.pdf/.json/.jsonl files (folders walked)")
@@ -456,18 +504,52 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--db", type=Path, required=True)
     r.add_argument("--model", required=True, help="a checkpoint dir or a model name (see `tinylm models`)")
     r.add_argument("--k", type=int, default=4, help="how many chunks to show the model")
-    r.add_argument("--max-new-tokens", type=int, default=256)
-    r.add_argument("--temperature", type=float, help="0 (the default) is greedy")
-    r.add_argument("--seed", type=int)
+    _retrieval_flag(r, weights=True)
+    add_option_flags(r, RAG_ASK_OPTIONS, max_new_tokens=256)
     r.add_argument("--show-prompt", action="store_true", help="print the prompt given to the model")
     r.set_defaults(func=cmd_rag_ask)
     r = rsub.add_parser("eval", help="hit rate@k and MRR on questions labelled with their source document")
     r.add_argument("questions", type=Path, help='JSONL: {"question": ..., "source": "file name or path"}')
     r.add_argument("--db", type=Path, required=True)
     r.add_argument("--k", type=int, default=5)
+    _retrieval_flag(r, weights=True)
+    r.add_argument("--compare", action="store_true", help="report every --retrieval mode side by side")
     r.add_argument("--json", action="store_true", help="print the metrics and per-question ranks as JSON")
     r.set_defaults(func=cmd_rag_eval)
+    r = rsub.add_parser("upgrade", help="add the lexical index to a database of an older tinylm, in place")
+    r.add_argument("--db", type=Path, required=True)
+    r.set_defaults(func=cmd_rag_upgrade)
 
+
+def _retrieval_flag(p: argparse.ArgumentParser, *, weights: bool = False) -> None:
+    """--retrieval (and with `weights`, --weights) for every command that retrieves from a RAG database."""
+    from tinylm.rag.retrieval import DEFAULT_RETRIEVAL, DEFAULT_WEIGHTS, RETRIEVALS
+
+    p.add_argument(
+        "--retrieval",
+        choices=RETRIEVALS,
+        default=DEFAULT_RETRIEVAL,
+        help="rank chunks by embedding (dense), by BM25 over their words (lexical), or both fused (hybrid, "
+        "the default)",
+    )
+    if weights:
+        p.add_argument(
+            "--weights",
+            type=_weights,
+            default=DEFAULT_WEIGHTS,
+            metavar="DENSE,LEXICAL",
+            help="hybrid retrieval's weights of the two rankings in reciprocal rank fusion (default 0.5,1)",
+        )
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers as DENSE,LEXICAL, found {text!r}") from None
+
+
+def _estimate_memory_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "estimate-memory", help="memory to train and to run a model: weights, gradients, AdamW, activations"
     )
@@ -482,17 +564,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="for the largest batch that fits, e.g. 80GiB (default: this machine's); a value starting "
         "with '-' is written --device-memory=VALUE",
     )
-    p.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override config keys"
-    )
+    _set_flag(p, "override config keys")
     p.add_argument("--json", action="store_true", help="print the estimates as JSON")
     p.set_defaults(func=cmd_estimate_memory)
 
+
+def _plot_parser(sub: Subparsers) -> None:
     p = sub.add_parser("plot", help="plot a run's loss, learning rate and tokens/s from its metrics.csv")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, help="a .png file (default: RUN_DIR/metrics.png)")
     p.set_defaults(func=cmd_plot)
 
+
+def _attention_parser(sub: Subparsers) -> None:
     p = sub.add_parser("attention", help="attention maps of a text: PNG heatmaps or an interactive HTML view")
     p.add_argument("model", help="a checkpoint dir or a model name")
     p.add_argument("text")
@@ -501,12 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="FILE.png (heatmaps) or FILE.html (head view)")
     p.set_defaults(func=cmd_attention)
 
+
+def _tokenize_parser(sub: Subparsers) -> None:
     p = sub.add_parser("tokenize", help="show how a tokenizer cuts a text: tokens, ids, counts")
     p.add_argument("source", help="a tokenizer dir, a checkpoint dir or a model name")
     p.add_argument("text")
     p.add_argument("--json", action="store_true", help="print the tokens and counts as JSON")
     p.set_defaults(func=cmd_tokenize)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

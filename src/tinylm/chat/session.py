@@ -24,7 +24,7 @@ from tinylm.chat.memory import DEFAULT_STRATEGY, check_strategy, fit_messages, l
 from tinylm.chat.prompts import with_context
 from tinylm.chat.store import ChatStore, check_session_id, default_db_path
 from tinylm.errors import TinylmError
-from tinylm.rag import retriever
+from tinylm.rag.retrieval import DEFAULT_RETRIEVAL, retriever
 
 if TYPE_CHECKING:
     from tinylm.api import LM
@@ -200,11 +200,12 @@ def new_session_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def rag_retriever(db: str | Path) -> Retrieve:
-    """`tinylm.rag.retriever(db)`: a retrieve(question) -> context function, the index checked now."""
+def rag_retriever(db: str | Path, retrieval: str = DEFAULT_RETRIEVAL) -> Retrieve:
+    """`tinylm.rag.retriever(db)`: a retrieve(question) -> context function, the index checked now;
+    `retrieval` is dense, lexical or hybrid (`tinylm.rag.retrieval`)."""
     if not Path(db).exists():
         raise TinylmError(f"{db}: no such RAG index; build one with `tinylm rag index FILES --db {db}`")
-    return retriever(db)
+    return retriever(db, retrieval=retrieval)
 
 
 def run_chat(
@@ -215,6 +216,7 @@ def run_chat(
     db: str | Path | None = None,
     strategy: str = DEFAULT_STRATEGY,
     rag: str | Path | None = None,
+    retrieval: str = DEFAULT_RETRIEVAL,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
@@ -228,7 +230,7 @@ def run_chat(
 
     check_strategy(strategy)
     session_id = check_session_id(session) if session else new_session_id()
-    retrieve = rag_retriever(rag) if rag is not None else None
+    retrieve = rag_retriever(rag, retrieval) if rag is not None else None
     lm = load(model, quantize=quantize)
     with ChatStore(db or default_db_path()) as store:
         resumed = store.session(session_id) is not None

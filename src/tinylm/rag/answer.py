@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tinylm.api import LM, Prompt, load
-from tinylm.rag.retrieval import Hit, format_context, retrieve
+from tinylm.rag.retrieval import DEFAULT_RETRIEVAL, DEFAULT_WEIGHTS, Hit, format_context, retrieve
 
 
 @dataclass
@@ -39,12 +39,22 @@ def compose_prompt(question: str, hits: Sequence[Hit], *, chat: bool) -> Prompt:
     return f"{context}\n\nQuestion: {question}\nAnswer:"
 
 
-def ask(db: str | Path, question: str, model: str | Path | LM, *, k: int = 4, **options: Any) -> Answer:
-    """Answer `question` with `model` (a name, a path or a loaded LM) from the `k` nearest chunks of `db`.
+def ask(
+    db: str | Path,
+    question: str,
+    model: str | Path | LM,
+    *,
+    k: int = 4,
+    retrieval: str = DEFAULT_RETRIEVAL,
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    **options: Any,
+) -> Answer:
+    """Answer `question` with `model` (a name, a path or a loaded LM) from the `k` best-matching chunks of
+    `db` (`retrieval`: dense, lexical or hybrid, see `tinylm.rag.retrieval`).
 
     `options` are generation options (`tinylm.api.GenerationOptions`), e.g. max_new_tokens, temperature.
     """
-    hits = retrieve(db, question, k)  # checks k first
+    hits = retrieve(db, question, k, retrieval=retrieval, weights=weights)  # checks k first
     lm = model if isinstance(model, LM) else load(model)
     prompt = compose_prompt(question, hits, chat=has_chat_template(lm))
     return Answer(lm.generate(prompt, raw=True, **options).strip(), hits, prompt)

@@ -3,8 +3,11 @@ sqlite backend, the vectors; see `tinylm.rag.store`).
 
 Tables: `meta` (key/value settings: format version, embedder and dimension, chunk size and overlap, vector
 backend), `documents` (absolute path, sha256, mtime, the chunking it was cut with), `chunks` (text, position
-in the document, section label, token span) and `vectors` (chunk id → float32 blob). Ids are AUTOINCREMENT,
+in the document, section label, token span), `vectors` (chunk id → float32 blob) and `chunks_fts`, the
+lexical index of the chunk texts that triggers keep in step (`tinylm.rag.lexical`). Ids are AUTOINCREMENT,
 so a chunk id is never reused: a Qdrant point left behind by a failed write can never name another chunk.
+A database made before the lexical index gets it when opened to write (`tinylm rag index` or `tinylm rag
+upgrade`); opened to read, it is refused with the command that upgrades it.
 
 The file is opened through `tinylm.sqlite.connect` (to write when indexing, read-only otherwise), so a
 folder, a FIFO, another kind of file or a read-only one is refused with a message naming it; SQLite errors
@@ -25,6 +28,7 @@ from pathlib import Path
 from tinylm.errors import DataError
 from tinylm.rag.chunking import Chunk
 from tinylm.rag.documents import Document
+from tinylm.rag.lexical import ensure_index, has_index
 from tinylm.sqlite import connect, errors
 
 FORMAT_VERSION = 1
@@ -93,32 +97,36 @@ class StoredChunk:
 class RagDB:
     """An open RAG database. Use `with db.transaction():` around writes that must land together."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection):
+    def __init__(self, path: Path, conn: sqlite3.Connection, upgraded: bool = False):
         self.path = path
         self.conn = conn
+        self.upgraded = upgraded
+        """Whether opening it added the lexical index (a database of an older tinylm, opened to write)."""
 
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = False) -> RagDB:
+    def open(cls, path: str | Path, *, create: bool = False, write: bool | None = None) -> RagDB:
         """Open the database at `path`; with `create`, make a new one when the file does not exist, and
-        open it to write (without, it is opened read-only and nothing is created)."""
+        open it to write (without, it is opened read-only and nothing is created; `write=True` opens an
+        existing one to write). Opened to write, a database without the lexical index gets it."""
         path = Path(path).expanduser().resolve()
+        write = create if write is None else write
         if not create and not os.path.lexists(path):
             raise DataError(_missing(path, "no such RAG database"))
-        conn = connect(path, what="RAG database", create=create, write=create, error=DataError)
+        conn = connect(path, what="RAG database", create=create, write=write, error=DataError)
         try:
             with errors(path, "RAG database", DataError):
                 conn.execute("PRAGMA foreign_keys = ON")
                 row = _format_version(conn, path, create)
+                current = row is not None and row[0] == str(FORMAT_VERSION)
+                upgraded = current and write and ensure_index(conn)
+                problem = _problem(path, conn, row)
         except BaseException:
             conn.close()
             raise
-        if row is None or row[0] != str(FORMAT_VERSION):
+        if problem:
             conn.close()
-            found = "no format version" if row is None else f"format version {row[0]}"
-            raise DataError(
-                f"{path}: expected a tinylm RAG database of format version {FORMAT_VERSION}, found {found}"
-            )
-        return cls(path, conn)
+            raise DataError(problem)
+        return cls(path, conn, upgraded)
 
     def close(self) -> None:
         self.conn.close()
@@ -206,6 +214,15 @@ class RagDB:
         )
         return {row[0]: StoredChunk(*row) for row in rows}
 
+    def chunk_counts(self) -> dict[str, int]:
+        """How many chunks each indexed document has, by its absolute path."""
+        return dict(
+            self._rows(
+                "SELECT d.path, COUNT(c.id) FROM documents d LEFT JOIN chunks c ON c.document_id = d.id "
+                "GROUP BY d.id"
+            )
+        )
+
     def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         with self.errors():
             return self.conn.execute(sql, params).fetchall()
@@ -213,6 +230,20 @@ class RagDB:
 
 def _missing(path: Path, found: str) -> str:
     return f"{path}: {found}; build one with `tinylm rag index PATHS --db {path}`"
+
+
+def _problem(path: Path, conn: sqlite3.Connection, row: tuple[str] | None) -> str | None:
+    """Why the open database cannot be used: another format version, or no lexical index (made by an
+    older tinylm and opened to read); None when it can."""
+    if row is None or row[0] != str(FORMAT_VERSION):
+        found = "no format version" if row is None else f"format version {row[0]}"
+        return f"{path}: expected a tinylm RAG database of format version {FORMAT_VERSION}, found {found}"
+    if has_index(conn):
+        return None
+    return (
+        f"{path}: made by an older tinylm, without the lexical index that retrieval needs; upgrade it in "
+        f"place with `tinylm rag upgrade --db {path}` (or `tinylm rag index` it again)"
+    )
 
 
 def _format_version(conn: sqlite3.Connection, path: Path, create: bool) -> tuple[str] | None:

@@ -5,6 +5,7 @@ chunks and vectors are replaced in one transaction; a file indexed before from u
 that is no longer there is removed. The database records its embedder, dimension, chunk size, overlap and
 vector backend on first use; later runs that leave these out reuse them, and a different embedder or
 backend is refused (it would mix incomparable vectors). A new chunk size or overlap re-chunks every file.
+The lexical index follows the chunks by itself, in the same transactions (`tinylm.rag.lexical`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def index(
     report = IndexReport()
     files = find_files(paths, report.notes)
     with RagDB.open(db, create=True) as rag:
+        if rag.upgraded:
+            report.notes.append(f"{rag.path}: added the lexical index (made by an older tinylm)")
         old = rag.settings()
         size, lap = _chunking(old, chunk_size, overlap)
         name = _check_same(rag.path, old, embedder_name(embedder) if embedder else None, backend, url)
@@ -104,6 +107,13 @@ def index(
         finally:
             store.close()
     return report
+
+
+def upgrade(db: str | Path) -> bool:
+    """Add the lexical index to a database made by an older tinylm, in place (one transaction, filled from
+    its chunks; nothing is re-embedded); False when it had one already."""
+    with RagDB.open(db, write=True) as rag:
+        return rag.upgraded
 
 
 def _gone(stored: dict[str, StoredDocument], files: list[Path], paths: Sequence[str | Path]) -> list[str]:

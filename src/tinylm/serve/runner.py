@@ -32,6 +32,7 @@ def serve(
     port: int = 8000,
     api_key: str | None = None,
     rag: str | Path | None = None,
+    retrieval: str = "hybrid",
     max_batch: int = 8,
     max_len: int | None = None,
     device: str | None = None,
@@ -60,7 +61,7 @@ def serve(
     if rag is not None:
         from tinylm.rag import retriever as rag_retriever
 
-        retriever = rag_retriever(rag)
+        retriever = rag_retriever(rag, retrieval=retrieval)
     _check_free(host, port)  # before the (slow) load
     lm = load(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"), quantize=quantize)
     block = lm.config.block_size

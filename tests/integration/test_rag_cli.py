@@ -1,7 +1,8 @@
 """`tinylm rag index / ask / eval` end to end on a small corpus of every supported format.
 
 The happy paths run `tinylm.cli.main` in this process, so the MiniLM embedder loads once for the module;
-the error paths run the real command in a subprocess to check the exit code and the absence of a traceback.
+the error paths run the real command in a subprocess to check the exit code and the absence of a traceback
+(or, for refusals that stop before any model loads, in this process through `cli`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sqlite3
 
 import pytest
 
+from tests.adversarial.conftest import cli, expect
 from tests.conftest import run_cli
 from tests.unit.rag.corpus import QUESTIONS, one_torch_thread, tiny_checkpoint, write_corpus, write_questions
 from tinylm.cli import main
@@ -120,28 +122,26 @@ def test_eval_compare_and_the_retrieval_flag(tmp_path, corpus, capsys):
 
 
 def test_a_bad_retrieval_flag_and_an_old_database_are_clean_errors(tmp_path, corpus):
+    """In this process (`cli`: exit code and output as the console script gives them), since each of these
+    stops before any model loads and a fresh interpreter per case would cost seconds each."""
     db = tmp_path / "rag.db"
     assert main(["rag", "index", str(corpus / "cats.md"), "--db", str(db)]) == 0
     questions = write_questions(tmp_path / "questions.jsonl")
-    result = run_cli("rag", "eval", str(questions), "--db", str(db), "--retrieval", "sparse")
-    _clean_error(result, "--retrieval", "invalid choice: 'sparse'", "dense", "hybrid")
-    result = run_cli("rag", "eval", str(questions), "--db", str(db), "--weights", "1,x")
-    _clean_error(result, "--weights", "DENSE,LEXICAL")
-    _clean_error(run_cli("serve", "model", "--rag", str(db), "--retrieval", "bm25"), "invalid choice: 'bm25'")
-    _clean_error(run_cli("chat", "model", "--rag", str(db), "--retrieval", "bm25"), "invalid choice: 'bm25'")
+    outcome = cli("rag", "eval", questions, "--db", db, "--retrieval", "sparse")
+    expect(outcome, 2, "--retrieval", "invalid choice: 'sparse'", "dense", "hybrid")
+    expect(cli("rag", "eval", questions, "--db", db, "--weights", "1,x"), 2, "--weights", "DENSE,LEXICAL")
+    expect(cli("serve", "model", "--rag", db, "--retrieval", "bm25"), 2, "invalid choice: 'bm25'")
+    expect(cli("chat", "model", "--rag", db, "--retrieval", "bm25"), 2, "invalid choice: 'bm25'")
     with sqlite3.connect(db) as conn:  # as made by a tinylm before the lexical index
         conn.executescript(
             "DROP TRIGGER chunks_fts_insert; DROP TRIGGER chunks_fts_delete; DROP TABLE chunks_fts;"
         )
     conn.close()
-    result = run_cli("rag", "eval", str(questions), "--db", str(db), "--retrieval", "dense")
-    _clean_error(result, f"{db}: made by an older tinylm", f"tinylm rag upgrade --db {db}")
-    result = run_cli("chat", "model", "--rag", str(db))
-    _clean_error(result, f"tinylm rag upgrade --db {db}")
-    result = run_cli("rag", "upgrade", "--db", str(db))
-    assert result.returncode == 0 and "added the lexical index" in result.stdout, result.stderr
-    result = run_cli("rag", "upgrade", "--db", str(db))
-    assert result.returncode == 0 and "up to date" in result.stdout, result.stderr
-    _clean_error(
-        run_cli("rag", "upgrade", "--db", str(tmp_path / "none.db")), "none.db: no such RAG database"
-    )
+    outcome = cli("rag", "eval", questions, "--db", db, "--retrieval", "dense")
+    expect(outcome, 2, f"{db}: made by an older tinylm", f"tinylm rag upgrade --db {db}")
+    expect(cli("chat", "model", "--rag", db), 2, f"tinylm rag upgrade --db {db}")
+    outcome = cli("rag", "upgrade", "--db", db)
+    assert outcome.code == 0 and "added the lexical index" in outcome.out, outcome.err
+    outcome = cli("rag", "upgrade", "--db", db)
+    assert outcome.code == 0 and "up to date" in outcome.out, outcome.err
+    expect(cli("rag", "upgrade", "--db", tmp_path / "none.db"), 2, "none.db: no such RAG database")

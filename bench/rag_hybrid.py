@@ -7,6 +7,10 @@ facts that fits it alone ("Which town on the river Arden celebrates the Lantern 
 Indexed with MiniLM (`tinylm.rag.index`), scored by `tinylm.rag.compare`: hit rate@k, MRR, recall@k for
 dense, lexical and hybrid retrieval.
 
+Reranking (`--rerank N --model smollm2-135m-instruct`): the same metrics for dense and hybrid retrieval with
+each question's top N chunks reranked by the model's likelihood of the question (`tinylm.rag.rerank`), and
+the time it adds per question (the model's load not counted).
+
 Latency (`--latency N`): N chunks of the same template written straight into a RAG database (documents,
 chunks, the lexical index filled by its triggers) with random unit vectors of MiniLM's size (384) in place
 of embeddings, since embedding 10^5 chunks with MiniLM on 2 cores would take most of an hour; then the
@@ -14,6 +18,7 @@ time of one question's retrieval in each mode (the median of `--repeats`, after 
 question's own embedding by MiniLM timed apart), and the database's size on disk, by table.
 
     python bench/rag_hybrid.py [--docs 150] [--questions 60] [--k 5] [--seed 0] [--latency 100000] [--repeats 5]
+                               [--rerank 10 --model smollm2-135m-instruct]
 """
 
 from __future__ import annotations
@@ -114,15 +119,45 @@ def write_benchmark(root: Path, docs: int, n_questions: int, seed: int = 0) -> t
     return folder, path
 
 
-def quality(docs: int, n_questions: int, k: int, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Hit rate@k, MRR and recall@k of each retrieval mode on a fresh benchmark set."""
+def quality(
+    docs: int, n_questions: int, k: int, seed: int = 0, rerank: int = 0, model: str = "smollm2-135m-instruct"
+) -> dict[str, dict[str, float]]:
+    """Hit rate@k, MRR and recall@k of each retrieval mode on a fresh benchmark set; with `rerank` N, also
+    of dense and hybrid with their top N reranked by `model` ("dense+rerank"...), with the seconds per
+    question that reranking adds."""
     from tinylm.rag import compare, index
 
     with tempfile.TemporaryDirectory() as tmp:
         folder, qpath = write_benchmark(Path(tmp), docs, n_questions, seed)
-        index([folder], Path(tmp) / "rag.sqlite")
-        reports = compare(Path(tmp) / "rag.sqlite", qpath, k)
-    return {m: {"hit_rate": r.hit_rate, "mrr": r.mrr, "recall": r.recall} for m, r in reports.items()}
+        db = Path(tmp) / "rag.sqlite"
+        index([folder], db)
+        reports = compare(db, qpath, k)
+        out = {m: _metrics(r) for m, r in reports.items()}
+        if rerank:
+            out.update(_reranked(db, qpath, k, rerank, model))
+    return out
+
+
+def _reranked(db: Path, qpath: Path, k: int, rerank: int, model: str) -> dict[str, dict[str, float]]:
+    """Dense and hybrid with the top `rerank` reranked by `model`, each timed against the same mode without."""
+    from tinylm import load
+    from tinylm.rag import compare
+
+    lm = load(model)
+    out = {}
+    for mode in ("dense", "hybrid"):
+        start = time.perf_counter()
+        compare(db, qpath, k, retrievals=[mode])
+        plain = time.perf_counter() - start
+        start = time.perf_counter()
+        report = compare(db, qpath, k, retrievals=[mode], rerank=rerank, model=lm)[mode]
+        added = (time.perf_counter() - start - plain) / len(report.questions)
+        out[f"{mode}+rerank"] = {**_metrics(report), "seconds_per_question": added}
+    return out
+
+
+def _metrics(report) -> dict[str, float]:
+    return {"hit_rate": report.hit_rate, "mrr": report.mrr, "recall": report.recall}
 
 
 def build_large(db: Path, n: int, dim: int = 384, seed: int = 0) -> None:
@@ -215,11 +250,21 @@ def main() -> None:
         "--latency", type=int, default=0, metavar="N", help="also time retrieval over N chunks"
     )
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--rerank", type=int, default=0, metavar="N", help="also rerank dense and hybrid's top N by --model"
+    )
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="the model that reranks")
     args = parser.parse_args()
     print(f"{args.docs} documents, {args.questions} questions, k={args.k}, seed {args.seed}")
-    print(f"{'mode':8} {'hit@k':>7} {'MRR':>7} {'recall@k':>9}")
-    for mode, m in quality(args.docs, args.questions, args.k, args.seed).items():
-        print(f"{mode:8} {m['hit_rate']:7.3f} {m['mrr']:7.3f} {m['recall']:9.3f}")
+    if args.rerank:
+        print(f"'+rerank': the top {args.rerank} reranked by {args.model}")
+    print(f"{'mode':14} {'hit@k':>7} {'MRR':>7} {'recall@k':>9}")
+    found = quality(args.docs, args.questions, args.k, args.seed, args.rerank, args.model)
+    for mode, m in found.items():
+        print(f"{mode:14} {m['hit_rate']:7.3f} {m['mrr']:7.3f} {m['recall']:9.3f}")
+    for mode, m in found.items():
+        if "seconds_per_question" in m:
+            print(f"{mode}: reranking adds {m['seconds_per_question'] * 1e3:.0f} ms per question")
     if args.latency:
         t = latency(args.latency, args.k, args.repeats)
         print(

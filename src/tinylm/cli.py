@@ -224,6 +224,7 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
         k=args.k,
         retrieval=args.retrieval,
         weights=args.weights,
+        rerank=args.rerank,
         **option_values(args, RAG_ASK_OPTIONS),
     )
     if args.show_prompt:
@@ -238,8 +239,18 @@ def cmd_rag_ask(args: argparse.Namespace) -> None:
 def cmd_rag_eval(args: argparse.Namespace) -> None:
     from tinylm.rag import RETRIEVALS, compare
 
+    if args.model is not None and not args.rerank:
+        raise TinylmError("--model: `rag eval` uses a model only to rerank; add --rerank N or leave it out")
     modes = RETRIEVALS if args.compare else [args.retrieval]
-    reports = compare(args.db, args.questions, k=args.k, retrievals=modes, weights=args.weights)
+    reports = compare(
+        args.db,
+        args.questions,
+        k=args.k,
+        retrievals=modes,
+        weights=args.weights,
+        rerank=args.rerank,
+        model=args.model,
+    )
     if args.json:
         data = {m: r.as_dict() for m, r in reports.items()}
         print(json.dumps(data if args.compare else data[args.retrieval], indent=2))
@@ -248,7 +259,8 @@ def cmd_rag_eval(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     first = reports[modes[0]]
-    table = Table(title=f"{args.questions.name}: {len(first.questions)} questions")
+    reranked = f", top {args.rerank} reranked by {args.model}" if args.rerank else ""
+    table = Table(title=f"{args.questions.name}: {len(first.questions)} questions{reranked}")
     table.add_column("metric")
     for mode in modes:
         table.add_column(mode if args.compare else "value", justify="right")
@@ -504,7 +516,7 @@ def _rag_parser(sub: Subparsers) -> None:
     r.add_argument("--db", type=Path, required=True)
     r.add_argument("--model", required=True, help="a checkpoint dir or a model name (see `tinylm models`)")
     r.add_argument("--k", type=int, default=4, help="how many chunks to show the model")
-    _retrieval_flag(r, weights=True)
+    _retrieval_flag(r, weights=True, rerank=True)
     add_option_flags(r, RAG_ASK_OPTIONS, max_new_tokens=256)
     r.add_argument("--show-prompt", action="store_true", help="print the prompt given to the model")
     r.set_defaults(func=cmd_rag_ask)
@@ -512,7 +524,8 @@ def _rag_parser(sub: Subparsers) -> None:
     r.add_argument("questions", type=Path, help='JSONL: {"question": ..., "source": "file name or path"}')
     r.add_argument("--db", type=Path, required=True)
     r.add_argument("--k", type=int, default=5)
-    _retrieval_flag(r, weights=True)
+    _retrieval_flag(r, weights=True, rerank=True)
+    r.add_argument("--model", help="the model that reranks, with --rerank (a checkpoint dir or a model name)")
     r.add_argument("--compare", action="store_true", help="report every --retrieval mode side by side")
     r.add_argument("--json", action="store_true", help="print the metrics and per-question ranks as JSON")
     r.set_defaults(func=cmd_rag_eval)
@@ -521,8 +534,10 @@ def _rag_parser(sub: Subparsers) -> None:
     r.set_defaults(func=cmd_rag_upgrade)
 
 
-def _retrieval_flag(p: argparse.ArgumentParser, *, weights: bool = False) -> None:
-    """--retrieval (and with `weights`, --weights) for every command that retrieves from a RAG database."""
+def _retrieval_flag(p: argparse.ArgumentParser, *, weights: bool = False, rerank: bool = False) -> None:
+    """--retrieval (and with `weights`, --weights; with `rerank`, --rerank) for every command that retrieves
+    from a RAG database."""
+    from tinylm.rag.rerank import MAX_CANDIDATES
     from tinylm.rag.retrieval import DEFAULT_RETRIEVAL, DEFAULT_WEIGHTS, RETRIEVALS
 
     p.add_argument(
@@ -539,6 +554,15 @@ def _retrieval_flag(p: argparse.ArgumentParser, *, weights: bool = False) -> Non
             default=DEFAULT_WEIGHTS,
             metavar="DENSE,LEXICAL",
             help="hybrid retrieval's weights of the two rankings in reciprocal rank fusion (default 0.5,1)",
+        )
+    if rerank:
+        p.add_argument(
+            "--rerank",
+            type=int,
+            default=0,
+            metavar="N",
+            help=f"rerank the top N candidates (from --k to {MAX_CANDIDATES}) by the model's likelihood of "
+            "the question, then keep --k (default 0: off)",
         )
 
 

@@ -2,7 +2,9 @@
 
 A model with a chat template (its tokenizer's own, or a named one in its checkpoint) gets a system message
 with the instructions and sources, then the question as the user's message. Any other model gets one plain
-prompt ending in "Answer:", sent as it is (raw, without the checkpoint's prompt template).
+prompt ending in "Answer:", sent as it is (raw, without the checkpoint's prompt template). With `rerank`
+N, the top N chunks are reordered by the same model's likelihood of the question (`tinylm.rag.rerank`)
+before the top k are kept.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tinylm.api import LM, Prompt, load
-from tinylm.rag.retrieval import DEFAULT_RETRIEVAL, DEFAULT_WEIGHTS, Hit, format_context, retrieve
+from tinylm.rag.rerank import check_rerank, rerank_hits
+from tinylm.rag.retrieval import DEFAULT_RETRIEVAL, DEFAULT_WEIGHTS, Hit, check_k, format_context, retrieve
 
 
 @dataclass
@@ -47,14 +50,19 @@ def ask(
     k: int = 4,
     retrieval: str = DEFAULT_RETRIEVAL,
     weights: Sequence[float] = DEFAULT_WEIGHTS,
+    rerank: int = 0,
     **options: Any,
 ) -> Answer:
     """Answer `question` with `model` (a name, a path or a loaded LM) from the `k` best-matching chunks of
-    `db` (`retrieval`: dense, lexical or hybrid, see `tinylm.rag.retrieval`).
+    `db` (`retrieval`: dense, lexical or hybrid, see `tinylm.rag.retrieval`); with `rerank` N (0: off, else
+    from k to 100), the top N are first reranked by the model's likelihood of the question.
 
     `options` are generation options (`tinylm.api.GenerationOptions`), e.g. max_new_tokens, temperature.
     """
-    hits = retrieve(db, question, k, retrieval=retrieval, weights=weights)  # checks k first
+    check_rerank(rerank, check_k(k))
+    hits = retrieve(db, question, rerank or k, retrieval=retrieval, weights=weights)
     lm = model if isinstance(model, LM) else load(model)
+    if rerank:
+        hits = rerank_hits(lm, question, hits)[:k]
     prompt = compose_prompt(question, hits, chat=has_chat_template(lm))
     return Answer(lm.generate(prompt, raw=True, **options).strip(), hits, prompt)

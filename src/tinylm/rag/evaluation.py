@@ -5,7 +5,8 @@ The questions file is JSONL, one `{"question": ..., "source": ...}` per line, `s
 that answers it: a file name (`cats.md`), a tail of its path (`notes/cats.md`) or its full path. A question
 is a hit when a chunk of that document is among its top k; its reciprocal rank is 1/rank of the first such
 chunk (0 when none is); its recall is the fraction of that document's chunks among its top k. A source
-that names no indexed document is an error, not a miss.
+that names no indexed document is an error, not a miss. With `rerank` N, each question's top N chunks are
+reranked by a model's likelihood of the question (`tinylm.rag.rerank`) before the top k are scored.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tinylm.api import LM, load
 from tinylm.data.formats import as_object, jsonl_records, string_field
-from tinylm.errors import DataError
+from tinylm.errors import DataError, TinylmError
 from tinylm.rag.db import RagDB
+from tinylm.rag.rerank import check_rerank, rerank_hits
 from tinylm.rag.retrieval import (
     DEFAULT_RETRIEVAL,
     DEFAULT_WEIGHTS,
@@ -47,11 +50,14 @@ class EvalReport:
     recall: float = 0.0
     """The mean over questions of the fraction of their source's chunks among the top k."""
     retrieval: str = DEFAULT_RETRIEVAL
+    rerank: int = 0
+    """How many top candidates a model reranked before the top k were kept (0: none)."""
 
     def as_dict(self) -> dict:
         return {
             "k": self.k,
             "retrieval": self.retrieval,
+            "rerank": self.rerank,
             "questions": len(self.questions),
             f"hit_rate@{self.k}": self.hit_rate,
             "mrr": self.mrr,
@@ -112,9 +118,15 @@ def evaluate(
     *,
     retrieval: str = DEFAULT_RETRIEVAL,
     weights: Sequence[float] = DEFAULT_WEIGHTS,
+    rerank: int = 0,
+    model: str | Path | LM | None = None,
 ) -> EvalReport:
-    """Retrieve the top `k` chunks for every question of `questions_path` and score them."""
-    return compare(db, questions_path, k, retrievals=[retrieval], weights=weights)[retrieval]
+    """Retrieve the top `k` chunks for every question of `questions_path` and score them; with `rerank` N,
+    the top N reranked by `model`'s likelihood of the question first (see `compare`)."""
+    reports = compare(
+        db, questions_path, k, retrievals=[retrieval], weights=weights, rerank=rerank, model=model
+    )
+    return reports[retrieval]
 
 
 def compare(
@@ -124,9 +136,16 @@ def compare(
     *,
     retrievals: Sequence[str] = RETRIEVALS,
     weights: Sequence[float] = DEFAULT_WEIGHTS,
+    rerank: int = 0,
+    model: str | Path | LM | None = None,
 ) -> dict[str, EvalReport]:
-    """`evaluate` for each retrieval mode of `retrievals`, on the same questions: a report per mode."""
-    check_k(k)
+    """`evaluate` for each retrieval mode of `retrievals`, on the same questions: a report per mode.
+
+    `rerank` N (0: off, else from k to 100) reranks each question's top N chunks by the likelihood `model`
+    (a name, a path or a loaded LM; needed then, unused otherwise) gives the question after each."""
+    check_rerank(rerank, check_k(k))
+    if rerank and model is None:
+        raise TinylmError("--rerank needs --model MODEL: the model whose likelihood of the question reranks")
     for retrieval in retrievals:
         check_retrieval(retrieval, weights)
     questions = read_questions(questions_path)
@@ -138,13 +157,17 @@ def compare(
                 f"{questions_path}: {q.where}: key 'source': {q.source!r} names no indexed document "
                 f"(the database holds {len(counts)}, e.g. {[Path(p).name for p in list(counts)[:5]]})"
             )
+    lm = (model if isinstance(model, LM) else load(model)) if rerank else None  # loaded once, for every mode
+    texts = [q.question for q in questions]
     reports = {}
     for retrieval in retrievals:
-        results = retrieve_many(db, [q.question for q in questions], k, retrieval=retrieval, weights=weights)
+        results = retrieve_many(db, texts, rerank or k, retrieval=retrieval, weights=weights)
+        if lm is not None:
+            results = [rerank_hits(lm, text, hits)[:k] for text, hits in zip(texts, results)]
         ranks = [first_rank(hits, q.source) for q, hits in zip(questions, results)]
         recalls = [recall(hits, q.source, counts) for q, hits in zip(questions, results)]
         mrr = mean_reciprocal_rank(ranks)
         reports[retrieval] = EvalReport(
-            k, hit_rate(ranks), mrr, questions, ranks, sum(recalls) / len(recalls), retrieval
+            k, hit_rate(ranks), mrr, questions, ranks, sum(recalls) / len(recalls), retrieval, rerank
         )
     return reports

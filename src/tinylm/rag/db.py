@@ -253,6 +253,7 @@ def _format_version(conn: sqlite3.Connection, path: Path, create: bool) -> tuple
         raise DataError(_missing(path, "an empty file, not a RAG database yet"))
     if not tables:
         conn.executescript(SCHEMA)
+        ensure_index(conn)  # a new database is born with its lexical index: nothing to upgrade
         with conn:
             conn.execute("INSERT INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
     elif "meta" not in tables:

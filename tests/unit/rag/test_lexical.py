@@ -175,7 +175,7 @@ def _make_old(db: Path) -> None:
 def test_a_database_of_an_older_tinylm_is_refused_then_upgraded_in_place(tmp_path):
     root = write_corpus(tmp_path / "docs")
     db = tmp_path / "rag.db"
-    index([root], db)
+    assert not any("older tinylm" in note for note in index([root], db).notes)  # new: nothing upgraded
     _make_old(db)
     for mode in ("dense", "lexical", "hybrid"):  # never answered from another index than the one asked for
         with pytest.raises(

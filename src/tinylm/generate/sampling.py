@@ -12,9 +12,7 @@ entries dropped, so left-padded prompts and rows that finished early need no spe
 knows nothing about models, caches or text.
 """
 
-from __future__ import annotations
-
-import dataclasses
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -24,35 +22,31 @@ from tinylm.generate.options import OPTIONS, GenerationOptions
 PAD = -1  # marks a padding slot in a history
 
 
-SAMPLED = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "repetition_penalty",
-    "frequency_penalty",
-    "presence_penalty",
-    "no_repeat_ngram_size",
-)
+def _default(name: str):
+    return OPTIONS[name].default
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to turn logits into the next token: the generation options the sampler reads, with their
+    defaults (plain greedy decoding) and rules, both from `tinylm.generate.options`."""
+
+    temperature: float = _default("temperature")
+    top_k: int | None = _default("top_k")
+    top_p: float | None = _default("top_p")
+    min_p: float | None = _default("min_p")
+    repetition_penalty: float = _default("repetition_penalty")
+    frequency_penalty: float = _default("frequency_penalty")
+    presence_penalty: float = _default("presence_penalty")
+    no_repeat_ngram_size: int = _default("no_repeat_ngram_size")
+
+    def validate(self) -> list[str]:
+        """Every problem with these values, each naming the field and its value (empty when all is well)."""
+        return [p for name in SAMPLED if (p := OPTIONS[name].problem(getattr(self, name))) is not None]
+
+
+SAMPLED = tuple(f.name for f in fields(SamplingParams))
 """The generation options the sampler reads: the fields of `SamplingParams`."""
-
-
-def _validate(self) -> list[str]:
-    """Every problem with these values, each naming the field and its value (empty when all is well)."""
-    return [p for name in SAMPLED if (p := OPTIONS[name].problem(getattr(self, name))) is not None]
-
-
-SamplingParams = dataclasses.make_dataclass(
-    "SamplingParams",
-    [(name, OPTIONS[name].hint, dataclasses.field(default=OPTIONS[name].default)) for name in SAMPLED],
-    namespace={
-        "__doc__": "How to turn logits into the next token: the options of `SAMPLED`, with their defaults "
-        "(plain greedy decoding) and rules.",
-        "validate": _validate,
-    },
-    frozen=True,
-)
-SamplingParams.__module__ = __name__
 
 
 def sampling_params(options: GenerationOptions) -> SamplingParams:

@@ -19,7 +19,9 @@ from tinylm.checkpoint import META_FILE, Checkpoint, load_checkpoint
 from tinylm.errors import CheckpointError, TinylmError
 from tinylm.generate.detok import TextStream, reply_text
 from tinylm.generate.engine import Generated, generate_batch
+from tinylm.generate.grammar import Grammar, json_grammar
 from tinylm.generate.options import GenerationOptions
+from tinylm.generate.prefix import PrefixCache
 from tinylm.generate.sampling import SamplingParams, sampling_params
 from tinylm.quantize import check_method
 from tinylm.quantize import quantize as quantize_model
@@ -53,6 +55,8 @@ class LM:
         self.prompt_template: str = checkpoint.meta.get("prompt_template", "{prompt}")
         self.defaults: dict[str, Any] = checkpoint.meta.get("generation", {})
         self.chat_template: str | None = checkpoint.meta.get("chat_template_name")
+        # keys and values of prompts `stream` ran, reused by later prompts that start alike (`tinylm chat`)
+        self.prefix_cache: PrefixCache | None = None
 
     @property
     def device(self) -> torch.device:
@@ -60,24 +64,42 @@ class LM:
 
     # -- text in, text out --------------------------------------------------------------------------
     def generate(
-        self, prompt: Prompt | list[Prompt], *, chat: bool = False, raw: bool = False, **options
+        self,
+        prompt: Prompt | list[Prompt],
+        *,
+        chat: bool = False,
+        raw: bool = False,
+        json_schema: Any = None,
+        **options,
     ) -> Any:
-        """The reply to `prompt` (a string or chat messages), or a list of replies for a list of prompts."""
+        """The reply to `prompt` (a string or chat messages), or a list of replies for a list of prompts.
+
+        With `json_schema` (a JSON schema as a dict; True for any JSON value), every reply is JSON that the
+        schema allows, or a prefix of it when `max_new_tokens` runs out first (`tinylm.generate.grammar`)."""
         many = isinstance(prompt, list) and not _is_messages(prompt)
-        done = self.complete(prompt if many else [prompt], chat=chat, raw=raw, **options)
+        done = self.complete(
+            prompt if many else [prompt], chat=chat, raw=raw, json_schema=json_schema, **options
+        )
         return [c.text for c in done] if many else done[0].text
 
     def complete(
-        self, prompts: list[Prompt], *, chat: bool = False, raw: bool = False, **options
+        self,
+        prompts: list[Prompt],
+        *,
+        chat: bool = False,
+        raw: bool = False,
+        json_schema: Any = None,
+        **options,
     ) -> list[Completion]:
         """Generate for a batch of prompts (left-padded, each stopping on its own); full accounting."""
         opts, params = self.resolve_options(options)
+        grammar = self.grammar(json_schema, opts)
         laid_out = [self.render_prompt(p, chat=chat, raw=raw) for p in prompts]
         room = self._prompt_room(opts)
         keep = min(opts.max_prompt_tokens or room, room)
         ids = [self.encode(text)[-keep:] for text, _ in laid_out]
         stop_ids = self.stop_token_ids(opts)
-        if opts.num_beams > 1:
+        if opts.num_beams > 1:  # `grammar` refuses beams
             rows = [self._beam(i, opts, stop_ids) for i in ids]
         else:
             rows = generate_batch(
@@ -88,6 +110,7 @@ class LM:
                 params=params,
                 stop_ids=stop_ids,
                 generator=self._generator(opts.seed),
+                grammar=grammar,
             )
         out = []
         for row, prompt_ids, (_, extra) in zip(rows, ids, laid_out):
@@ -97,11 +120,14 @@ class LM:
             out.append(Completion(text, row.tokens, logprobs, reason, len(prompt_ids)))
         return out
 
-    def stream(self, prompt: Prompt, *, chat: bool = False, raw: bool = False, **options) -> Iterator[str]:
+    def stream(
+        self, prompt: Prompt, *, chat: bool = False, raw: bool = False, json_schema: Any = None, **options
+    ) -> Iterator[str]:
         """Text pieces of the reply as they are generated; they concatenate to exactly `generate`'s text."""
         from tinylm.generate.engine import generate_ids
 
         opts, params = self.resolve_options(options)
+        grammar = self.grammar(json_schema, opts)
         text, extra = self.render_prompt(prompt, chat=chat, raw=raw)
         stream = TextStream(self.tokenizer, [*opts.stop, *extra])
         stop_ids = self.stop_token_ids(opts)
@@ -113,6 +139,8 @@ class LM:
             params=params,
             stop_ids=stop_ids,
             generator=self._generator(opts.seed),
+            grammar=grammar,
+            prefix_cache=self.prefix_cache,
         ):
             if token in stop_ids:
                 break
@@ -228,6 +256,15 @@ class LM:
                 f"in the {block}-token context window; ask for at most {block - 1} new tokens"
             )
         return block - opts.max_new_tokens + 1
+
+    def grammar(self, json_schema: Any, opts: GenerationOptions) -> Grammar | None:
+        """The grammar that holds replies to `json_schema` (None: no constraint), ending on this model's stop
+        ids; a schema that cannot be compiled raises `GrammarError` (never an unconstrained reply)."""
+        if json_schema is None:
+            return None
+        if opts.num_beams > 1:
+            raise TinylmError("json_schema: structured output samples one row at a time; set num_beams to 1")
+        return json_grammar(self.tokenizer, json_schema, self.stop_token_ids(opts))
 
     def stop_token_ids(self, opts: GenerationOptions) -> list[int]:
         """The end-of-sequence id and the request's stop_token_ids, sorted."""

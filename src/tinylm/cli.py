@@ -36,10 +36,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from tinylm.api import load
 
-    lm = load(args.model, quantize=args.quantize)
-    options = option_values(args, GENERATE_OPTIONS)
+    schema = _json_schema(args.json_schema, args.json)  # before the (slow) load
     if args.system and not args.chat:
         raise TinylmError("--system needs --chat")
+    lm = load(args.model, quantize=args.quantize)
+    options = {**option_values(args, GENERATE_OPTIONS), "json_schema": schema}
     prompt = (
         [{"role": "system", "content": args.system}, {"role": "user", "content": args.prompt}]
         if args.system
@@ -51,6 +52,25 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print()
         return
     print(lm.generate(prompt, chat=args.chat, raw=args.raw, **options))
+
+
+def _json_schema(given: str | None, any_object: bool) -> Any:
+    """The JSON schema of `--json-schema` (a .json file, or the schema itself as JSON text), `--json`'s
+    any object, or None."""
+    from tinylm.data.formats import parse_json, read_json
+    from tinylm.files import check_input_file
+
+    if given is not None and any_object:
+        raise TinylmError("--json and --json-schema: give one (--json is any JSON object)")
+    if any_object:
+        return {"type": "object"}
+    if given is None:
+        return None
+    if given.lstrip().startswith("{"):
+        return parse_json(Path("--json-schema"), given, "the schema given inline: ")
+    path = Path(given)
+    check_input_file(path, "JSON schema file (--json-schema)")
+    return read_json(path)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -104,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         device=args.device,
         quantize=args.quantize,
         max_request_bytes=args.max_request_bytes,
+        prefix_cache_tokens=args.prefix_cache_tokens,
     )
 
 
@@ -140,6 +161,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
         rag=args.rag,
         retrieval=args.retrieval,
         quantize=args.quantize,
+        prefix_cache_tokens=args.prefix_cache_tokens,
         **option_values(args, CHAT_OPTIONS),
     )
 
@@ -331,6 +353,19 @@ def _quantize_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _prefix_cache_flag(p: argparse.ArgumentParser, reused: str) -> None:
+    from tinylm.generate.prefix import DEFAULT_MAX_TOKENS
+
+    p.add_argument(
+        "--prefix-cache-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        metavar="N",
+        help=f"keep the keys and values of up to N tokens, so that {reused} is not read again; least "
+        "recently used forgotten first, replies unchanged (default: %(default)s; 0: off)",
+    )
+
+
 def add_option_flags(p: argparse.ArgumentParser, names: Sequence[str], **defaults: Any) -> None:
     """A flag for each generation option in `names` (`--max-new-tokens` for max_new_tokens), with its type and
     help from `tinylm.generate.options`. An unset flag is None, so the checkpoint's default applies, unless
@@ -410,6 +445,12 @@ def _generate_parser(sub: Subparsers) -> None:
     p.add_argument("--system", help="a system message (with --chat)")
     p.add_argument("--stream", action="store_true", help="print the reply as it is generated")
     p.add_argument("--raw", action="store_true", help="do not apply the checkpoint's prompt template")
+    p.add_argument(
+        "--json-schema",
+        metavar="SCHEMA",
+        help="the reply is JSON this schema allows: a .json file, or the schema as JSON text",
+    )
+    p.add_argument("--json", action="store_true", help="the reply is a JSON object (any)")
     add_option_flags(p, GENERATE_OPTIONS)
     _quantize_flag(p)
     p.set_defaults(func=cmd_generate)
@@ -461,6 +502,7 @@ def _serve_parser(sub: Subparsers) -> None:
         metavar="N",
         help="the largest request body accepted; larger ones are answered 413 (default: 1 MiB)",
     )
+    _prefix_cache_flag(p, "the start a prompt shares with an earlier one (a system prompt, a conversation)")
     _quantize_flag(p)
     p.set_defaults(func=cmd_serve)
 
@@ -483,6 +525,7 @@ def _chat_parser(sub: Subparsers) -> None:
     add_option_flags(p, CHAT_OPTIONS)
     p.add_argument("--rag", type=Path, metavar="DB", help="answer from a tinylm.rag index (needs tinylm.rag)")
     _retrieval_flag(p)
+    _prefix_cache_flag(p, "the conversation so far")
     _quantize_flag(p)
     p.set_defaults(func=cmd_chat)
 

@@ -117,6 +117,10 @@ CHAT_CASES = {  # name -> (extra arguments, in the place; expected fragments)
     "top-p 2": (["--top-p", "2"], ["top_p", "2.0"]),
     "seed -1": (["--seed", "-1"], ["seed: expected a value in 0..2**64-1", "-1"]),
     "seed 2**70": (["--seed", str(2**70)], ["seed", str(2**70)]),
+    "prefix-cache-tokens -1": (
+        ["--prefix-cache-tokens", "-1"],
+        ["--prefix-cache-tokens: expected a number of tokens >= 0", "found -1"],
+    ),
     "rag db missing": (["--rag", "{p}/none.db"], ["none.db", "no such RAG index", "tinylm rag index"]),
     "rag db is a folder": (["--rag", "{p}/dir"], ["expected a RAG database (a regular file)", "directory"]),
     "rag db is a FIFO": (["--rag", "{p}/fifo"], ["found a FIFO"]),

@@ -5,6 +5,7 @@ Each case: what the user types -> exit code and message fragments, never a trace
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -141,3 +142,35 @@ def test_argparse_refusals_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli_module.main(argv)
     assert e.value.code == 2 and "usage" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (["--json-schema", '{"type": "strnig"}'], ["JSON schema", "cannot be compiled", "strnig"]),
+        (["--json-schema", '{"type": '], ["--json-schema", "inline", "invalid JSON"]),
+        (["--json-schema", "nowhere.json"], ["nowhere.json", "JSON schema file", "not found"]),
+        (["--json-schema", "{}", "--json"], ["--json and --json-schema"]),
+        (["--json", "--num-beams", "2"], ["json_schema", "num_beams"]),
+    ],
+    ids=lambda v: " ".join(v)[:40],
+)
+def test_a_json_schema_that_cannot_hold_the_reply_is_refused(ckpt, flags, fragments):
+    expect(cli("generate", ckpt, "what is item one", *flags), 2, *fragments)
+
+
+def test_the_reply_follows_the_json_schema(ckpt, tmp_path):
+    """The tiny char model's vocabulary holds the letters of true and false, and no quote mark."""
+    schema = tmp_path / "flag.json"
+    schema.write_text(json.dumps({"type": "boolean"}))
+    for flags in (["--json-schema", schema], ["--json-schema", schema.read_text(), "--stream"]):
+        done = cli("generate", ckpt, "what is item one", *flags)
+        expect(done, 0)
+        assert json.loads(done.out) in (True, False)
+    for flags in (["--json-schema", '{"enum": ["red"]}'], ["--json"]):
+        expect(
+            cli("generate", ckpt, "what is item one", *flags),
+            2,
+            "tokenizer cannot write",
+            "vocabulary has no",
+        )

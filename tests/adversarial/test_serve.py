@@ -16,6 +16,7 @@ import httpx
 import pytest
 import torch
 
+from tests.adversarial.conftest import cli, expect
 from tinylm.api import load
 from tinylm.errors import TinylmError
 from tinylm.serve import create_app, running, serve
@@ -79,7 +80,7 @@ CASES = [
     # chat: what passes today must keep passing
     ("chat ok", "POST", CHAT, chat(), 200, '"object":"chat.completion"'),
     ("chat stream ok", "POST", CHAT, chat(stream=True), 200, "data: [DONE]"),
-    ("chat assistant without content", "POST", CHAT, chat(messages=[{"role": "assistant"}, *HI]), 200, "choices"),
+    ("chat assistant without content", "POST", CHAT, chat(messages=[{"role": "assistant"}, *HI]), 400, "needs content or tool_calls"),
     ("chat text parts", "POST", CHAT, chat(messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}]), 200, "choices"),
     ("chat seed at the top with n 2", "POST", CHAT, chat(seed=2**63 - 1, n=2), 200, '"index":1'),
     ("chat lowest seed", "POST", CHAT, chat(seed=-(2**63)), 200, "choices"),
@@ -119,8 +120,11 @@ CASES = [
     ("seed 1.5", "POST", CHAT, chat(seed=1.5), 400, "fractional part"),
     ("unknown field", "POST", CHAT, chat(temprature=1), 400, "temprature: extra inputs are not permitted"),
     ("unknown model", "POST", CHAT, chat(model="gpt-4o"), 404, "the model `gpt-4o` does not exist"),
-    ("tools", "POST", CHAT, chat(tools=[{"type": "function"}]), 400, "tools is not supported"),
-    ("json response_format", "POST", CHAT, chat(response_format={"type": "json_object"}), 400, "response_format other than text"),
+    ("tools", "POST", CHAT, chat(tools=[{"type": "function"}]), 400, "tools.0.function: field required"),
+    ("tool_choice without tools", "POST", CHAT, chat(tool_choice="required"), 400, "tool_choice needs tools"),
+    ("tool message without its call", "POST", CHAT, chat(messages=[*HI, {"role": "tool", "content": "x"}]), 400, "needs tool_call_id"),
+    ("json response_format, char vocabulary", "POST", CHAT, chat(response_format={"type": "json_object"}), 400, "vocabulary has no '{'"),
+    ("response_format type", "POST", CHAT, chat(response_format={"type": "xml"}), 400, "json_schema"),
     ("logit_bias", "POST", CHAT, chat(logit_bias={"1": 5}), 400, "logit_bias is not supported"),
     ("rag without --rag", "POST", CHAT, chat(rag=True), 400, "started without --rag"),
     # completions
@@ -323,6 +327,7 @@ BAD_SERVE = [
     ({"max_batch": -3}, "--max-batch: expected >= 1, found -3"),
     ({"max_len": 0}, "--max-len: expected >= 2, found 0"),
     ({"max_len": 1}, "--max-len: expected >= 2, found 1"),
+    ({"prefix_cache_tokens": -1}, "--prefix-cache-tokens: expected >= 0, found -1"),
     ({"max_request_bytes": 0}, "--max-request-bytes: expected a number of bytes >= 1, found 0"),
     ({"max_request_bytes": -5}, "--max-request-bytes"),
     ({"device": "foo"}, "--device 'foo': expected cpu, cuda, cuda:N or mps"),
@@ -350,6 +355,14 @@ def test_serve_refuses_bad_arguments_before_loading(tmp_path, options, needle):
     assert needle in message and "no such checkpoint" not in message
     if len(options) > 1:  # every problem at once, each on its line
         assert len(message.splitlines()) == len(options)
+
+
+def test_a_negative_prefix_cache_is_refused_by_tinylm_serve(tmp_path):
+    expect(
+        cli("serve", tmp_path / "no" / "model", "--prefix-cache-tokens", "-5"),
+        2,
+        "--prefix-cache-tokens: expected >= 0, found -5",
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,9 @@ A `retrieve(question) -> context` hook, when given, puts retrieved context into 
 model; the history keeps the question as typed, so old context never crowds out the conversation.
 
 `run_repl` drives a `Chat` from lines of text (a terminal or a pipe) with the commands in `COMMANDS`;
-`run_chat` is what `tinylm chat` calls. Nothing here samples tokens or renders templates itself.
+`run_chat` is what `tinylm chat` calls. It gives the model a prefix cache (`LM.prefix_cache`): each turn
+re-renders the whole conversation, whose tokens start like the previous turn's prompt and reply, so only
+the new message runs. Nothing here samples tokens or renders templates itself.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tinylm.chat.memory import DEFAULT_STRATEGY, check_strategy, fit_messages, l
 from tinylm.chat.prompts import with_context
 from tinylm.chat.store import ChatStore, check_session_id, default_db_path
 from tinylm.errors import TinylmError
+from tinylm.generate.prefix import DEFAULT_MAX_TOKENS, PrefixCache
 from tinylm.rag.retrieval import DEFAULT_RETRIEVAL, retriever
 
 if TYPE_CHECKING:
@@ -196,6 +199,14 @@ def _not_utf8(data: bytes, start: int, where: str) -> TinylmError:
     )
 
 
+def check_prefix_cache_tokens(tokens: int) -> None:
+    """Refuse a prefix cache size that is not a whole number >= 0, naming the flag."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise TinylmError(
+            f"--prefix-cache-tokens: expected a number of tokens >= 0 (0: off), found {tokens!r}"
+        )
+
+
 def new_session_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
@@ -221,17 +232,21 @@ def run_chat(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     quantize: str = "none",
+    prefix_cache_tokens: int = DEFAULT_MAX_TOKENS,
     **options: Any,
 ) -> str:
     """Chat with `model` over stdin/stdout, stored in `db` under `session` (new if absent); the session id.
-    quantize="int8" loads weight-only int8 weights (`tinylm.quantize`). The streams default to sys.stdin,
-    sys.stdout and sys.stderr as they are at the call (a test or the CLI may have replaced them)."""
+    quantize="int8" loads weight-only int8 weights (`tinylm.quantize`); the keys and values of up to
+    `prefix_cache_tokens` tokens of earlier turns are kept for the next (0: none). The streams default to
+    sys.stdin, sys.stdout and sys.stderr as they are at the call (a test or the CLI may have replaced them)."""
     from tinylm.api import load
 
     check_strategy(strategy)
+    check_prefix_cache_tokens(prefix_cache_tokens)
     session_id = check_session_id(session) if session else new_session_id()
     retrieve = rag_retriever(rag, retrieval) if rag is not None else None
     lm = load(model, quantize=quantize)
+    lm.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None
     with ChatStore(db or default_db_path()) as store:
         resumed = store.session(session_id) is not None
         chat = Chat(

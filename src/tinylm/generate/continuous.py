@@ -15,10 +15,13 @@ Where the rows' keys and values live is the `Batcher`'s cache layout, picked by 
   hides the slots before start_r and its positions count from start_r, so each row decodes as it would
   alone (`generate_batch` on one prompt). When the cursor reaches the end of the cache, or a joining prompt
   is longer than the slots before the cursor, the live slots of all rows move together (one copy per layer)
-  to where the longest row needs them.
+  to where the longest row needs them. With a prefix cache (`tinylm.generate.prefix`), a joining prompt's
+  longest known prefix is copied into its row instead of run, and a row that ends (stop or length) leaves
+  the keys and values of its prompt and reply there for later prompts.
 - `CachePerRequest` (any other cache: a model run through transformers): each running request has its own
   cache, and the rows take their steps one after another (the same requests, events, sampling and
-  cancelling, without the batching speed-up). A failing pass ends only its own request.
+  cancelling, without the batching speed-up, and without a prefix cache). A failing pass ends only its own
+  request.
 
 This module sees token ids only: templates, text stop strings and HTTP belong to `tinylm.serve`. It does
 not queue by priority, preempt or split long prompts: requests join in arrival order, each prompt is
@@ -40,6 +43,8 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
+from tinylm.generate.grammar import Grammar, GrammarError, Matcher, constrain
+from tinylm.generate.prefix import PrefixCache
 from tinylm.generate.sampling import PAD, SamplingParams, choose, process_logits
 from tinylm.model import CausalLM
 
@@ -56,6 +61,7 @@ class Request:
     stop_ids: tuple[int, ...] = ()
     seed: int | None = None  # its own generator: the same tokens whoever else is in the batch
     top_logprobs: int = 0  # how many alternatives to report with each token
+    grammar: Grammar | None = None  # the reply follows it (structured output, `tinylm.generate.grammar`)
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,7 @@ class _Row:
     length: int  # prompt + generated ids so far
     generator: torch.Generator | None
     last: int = 0  # the newest token, fed at the next step
+    matcher: Matcher | None = None  # where the reply is in its grammar, if it has one
 
 
 class CacheLayout(Protocol):
@@ -138,16 +145,24 @@ class CacheLayout(Protocol):
     def step(self, rows: list[int], tokens: list[int], lengths: list[int]) -> Tensor:
         """Feed each row its newest token (rows holding `lengths` tokens, that one included); logits (n, V)."""
 
-    def free(self, r: int) -> None:
-        """Row r's request ended (or its prefill failed)."""
+    def free(self, r: int, keep: list[int] | None = None) -> None:
+        """Row r's request ended (or its prefill failed); `keep`: the ids whose keys and values the row holds,
+        for a prefix cache to keep (a layout without one ignores them)."""
 
 
 class SharedCache:
     """A model with a static cache (tinylm's GPT): all rows in one KV cache, one forward pass per step (the
     module docstring)."""
 
-    def __init__(self, model: CausalLM, max_batch: int, max_len: int, device: torch.device):
-        self.model, self.max_len, self.device = model, max_len, device
+    def __init__(
+        self,
+        model: CausalLM,
+        max_batch: int,
+        max_len: int,
+        device: torch.device,
+        prefix: PrefixCache | None = None,
+    ):
+        self.model, self.max_len, self.device, self.prefix = model, max_len, device, prefix
         self.cache = model.new_cache(max_batch, max_len)
         self.slots = torch.arange(max_len, device=device)
         self.start: dict[int, int] = {}  # running row -> the first slot of its tokens
@@ -159,14 +174,16 @@ class SharedCache:
             self._move_cursor(need)
 
     def prefill(self, r: int, prompt: list[int]) -> Tensor:
-        """Run the prompt through row r, into slots [at - n, at)."""
+        """Run the prompt through row r, into slots [at - n, at); the first p tokens, known to the prefix
+        cache, are copied in rather than run."""
         n = len(prompt)
-        self.start[r] = self.at - n
+        self.start[r] = start = self.at - n
+        p = self.prefix.read_into(prompt, self.cache, row=r, start=start) if self.prefix else 0
         return self.model(
-            torch.tensor([prompt], device=self.device),  # (1, n)
-            input_pos=self.slots[:n],
-            cache=self._view(slice(r, r + 1), slice(self.at - n, self.at)),
-            positions=self.slots[None, :n],
+            torch.tensor([prompt[p:]], device=self.device),  # (1, n - p)
+            input_pos=self.slots[p:n],
+            cache=self._view(slice(r, r + 1), slice(start, self.at)),
+            positions=self.slots[None, p:n],
             key_mask=torch.ones(1, n, dtype=torch.bool, device=self.device),
         )[:, -1]  # (1, V)
 
@@ -193,8 +210,15 @@ class SharedCache:
         self.at += 1
         return logits[rows]
 
-    def free(self, r: int) -> None:
-        self.start.pop(r, None)
+    def free(self, r: int, keep: list[int] | None = None) -> None:
+        start = self.start.pop(r, None)
+        if not keep or self.prefix is None or start is None:
+            return
+        assert start + len(keep) == self.at, f"row {r} holds {self.at - start} tokens, not {len(keep)}"
+        try:
+            self.prefix.keep(keep, self.cache, row=r, start=start)
+        except RuntimeError:  # out of memory: the prefix is lost (later prompts run it again), not the server
+            log.exception("could not keep a prefix in the prefix cache")
 
     def _longest(self) -> int:
         """How many slots the longest running row fills."""
@@ -227,7 +251,8 @@ class SharedCache:
 
 class CachePerRequest:
     """A model whose cache is not static (one run through transformers): each running request holds its own
-    cache (prompt read once, then one token per step), and the rows take their steps in turn."""
+    cache (prompt read once, then one token per step), and the rows take their steps in turn. It keeps no
+    prefix cache: transformers' caches are not slots that a prefix can be copied into."""
 
     def __init__(self, model: CausalLM, max_batch: int, max_len: int, device: torch.device):
         self.model, self.max_len = model, max_len
@@ -253,14 +278,24 @@ class CachePerRequest:
         ids = torch.tensor([[token]], device=self.device)
         return self.model(ids, input_pos=self.slots[at : at + 1], cache=self.caches[r])[:, -1]  # (1, V)
 
-    def free(self, r: int) -> None:
+    def free(self, r: int, keep: list[int] | None = None) -> None:
         self.caches.pop(r, None)
 
 
 class Batcher:
-    """The scheduler: `submit` requests from any thread; a background thread decodes them together."""
+    """The scheduler: `submit` requests from any thread; a background thread decodes them together.
 
-    def __init__(self, model: CausalLM, *, max_batch: int = 8, max_len: int | None = None):
+    `prefix_cache_tokens` > 0 keeps the keys and values of up to that many tokens of ended requests for
+    prompts that start alike (`tinylm.generate.prefix`; a model with a static cache only)."""
+
+    def __init__(
+        self,
+        model: CausalLM,
+        *,
+        max_batch: int = 8,
+        max_len: int | None = None,
+        prefix_cache_tokens: int = 0,
+    ):
         if not isinstance(model, CausalLM):
             raise TypeError(
                 "continuous batching needs a model with a KV cache (tinylm's GPT or a transformers model), "
@@ -269,12 +304,17 @@ class Batcher:
         block = model.config.block_size
         assert max_batch >= 1, f"max_batch must be >= 1, got {max_batch}"
         assert max_len is None or 2 <= max_len <= block, f"max_len must be in 2..{block}, got {max_len}"
+        assert prefix_cache_tokens >= 0, f"prefix_cache_tokens must be >= 0, got {prefix_cache_tokens}"
         self.model = model.eval()
         self.max_batch = max_batch
         self.max_len = max_len or block
         self.device = next(model.parameters()).device
-        layout = SharedCache if model.static_cache else CachePerRequest
-        self.layout: CacheLayout = layout(model, max_batch, self.max_len, self.device)
+        self.prefix = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens and model.static_cache else None
+        self.layout: CacheLayout = (
+            SharedCache(model, max_batch, self.max_len, self.device, self.prefix)
+            if model.static_cache
+            else CachePerRequest(model, max_batch, self.max_len, self.device)
+        )
         self.rows: list[_Row | None] = [None] * max_batch
         self.finished: Counter[str] = Counter()  # jobs ended, by reason
         self.steps = 0
@@ -316,11 +356,19 @@ class Batcher:
         return future
 
     def stats(self) -> dict[str, Any]:
-        """Rows in use, requests waiting for a row, steps taken and jobs ended by reason."""
+        """Rows in use, requests waiting for a row, steps taken, jobs ended by reason, and the prefix cache's
+        counters (None without one)."""
         with self._wake:
             waiting = len(self._pending)
         running = sum(row is not None for row in self.rows)
-        return {"running": running, "waiting": waiting, "steps": self.steps, "finished": dict(self.finished)}
+        prefix = self.prefix.stats() if self.prefix is not None else None
+        return {
+            "running": running,
+            "waiting": waiting,
+            "steps": self.steps,
+            "finished": dict(self.finished),
+            "prefix_cache": prefix,
+        }
 
     def start(self) -> Batcher:
         assert self._thread is None, "the batcher is already running"
@@ -378,7 +426,10 @@ class Batcher:
             fn(*args)
             return None
         except Exception as e:
-            log.exception("decoding step failed")
+            if isinstance(e, GrammarError):  # the request's schema, not the server: no traceback
+                log.warning("a reply stopped: %s", e)
+            else:
+                log.exception("decoding step failed")
             message = f"{type(e).__name__}: {e}"
             for r in rows:
                 if self.rows[r] is not None:
@@ -429,8 +480,10 @@ class Batcher:
         logits = self.layout.prefill(r, prompt)
         n, seed = len(prompt), job.request.seed
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        grammar = job.request.grammar
+        matcher = grammar.matcher() if grammar is not None else None
         self._ids[r, :n] = torch.tensor(prompt, device=self.device)
-        self.rows[r] = _Row(job, n_prompt=n, length=n, generator=generator)
+        self.rows[r] = _Row(job, n_prompt=n, length=n, generator=generator, matcher=matcher)
         self._sample([r], logits)
 
     def _step(self, rows: list[int]) -> None:
@@ -451,7 +504,7 @@ class Batcher:
             rs = [rows[i] for i in members]
             history = self._history(rs, generated_only=False)  # (b, T)
             generated = self._history(rs, generated_only=True)  # (b, G)
-            group_logits = logits[members].float()  # (b, V)
+            group_logits = constrain(logits[members].float(), [self.rows[r].matcher for r in rs])  # (b, V)
             ids, logprobs = choose(group_logits, history, generated, params, self.rows[rs[0]].generator)
             tops = [()] * len(rs)
             k = max(self.rows[r].job.request.top_logprobs for r in rs)
@@ -476,6 +529,8 @@ class Batcher:
 
     def _advance(self, r: int, token: Token) -> None:
         row = self.rows[r]
+        if row.matcher is not None:
+            row.matcher.advance(token.id)
         self._ids[r, row.length] = token.id
         row.length += 1
         row.last = token.id
@@ -486,10 +541,13 @@ class Batcher:
             self._free(r, "length")
 
     def _free(self, r: int, reason: str, error: str | None = None) -> None:
-        job = self.rows[r].job
+        row = self.rows[r]
         self.rows[r] = None
-        self.layout.free(r)
-        self._finish(job, reason, error)
+        keep = None
+        if self.prefix is not None and reason in ("stop", "length"):
+            keep = self._ids[r, : row.length - 1].tolist()  # its newest token was never fed
+        self.layout.free(r, keep)
+        self._finish(row.job, reason, error)
 
     def _finish(self, job: Job, reason: str, error: str | None = None) -> None:
         self.finished[reason] += 1

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from tinylm.generate import graphs
+from tinylm.generate.grammar import Grammar, Matcher, constrain
+from tinylm.generate.prefix import PrefixCache
 from tinylm.generate.sampling import PAD, SamplingParams, choose
 from tinylm.model import CausalLM
 
@@ -52,8 +54,10 @@ def generate_batch(
     params: SamplingParams | None = None,
     stop_ids: Sequence[int] = (),
     generator: torch.Generator | None = None,
+    grammar: Grammar | None = None,
 ) -> list[Generated]:
-    """Generate for every prompt at once; results in prompt order."""
+    """Generate for every prompt at once; results in prompt order. With a `grammar`, each row follows it
+    (`tinylm.generate.grammar`)."""
     if not _pads(model) and len({len(p) for p in prompts}) > 1:  # e.g. a recurrence cannot skip padding
         return [
             generate_batch(
@@ -64,12 +68,13 @@ def generate_batch(
                 params=params,
                 stop_ids=stop_ids,
                 generator=generator,
+                grammar=grammar,
             )[0]
             for p in prompts
         ]
     rows = [Generated() for _ in prompts]
     for step in _decode(
-        model, prompts, max_new_tokens, block_size, params or SamplingParams(), stop_ids, generator
+        model, prompts, max_new_tokens, block_size, params or SamplingParams(), stop_ids, generator, grammar
     ):
         for r, token, logprob in step:
             rows[r].tokens.append(token)
@@ -92,14 +97,21 @@ def generate_ids(
     temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
+    grammar: Grammar | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> Iterator[int]:
-    """Stream the new token ids for one prompt, stopping after any of `stop_ids`.
+    """Stream the new token ids for one prompt, stopping after any of `stop_ids`; with a `grammar`, the ids
+    follow it.
 
-    `temperature`/`top_k`/`top_p` are shorthands for the matching `SamplingParams` fields.
+    `temperature`/`top_k`/`top_p` are shorthands for the matching `SamplingParams` fields. A `prefix_cache`
+    (`tinylm.generate.prefix`) gives the keys and values of the prompt's longest known prefix, and keeps
+    those of the prompt and reply for later prompts.
     """
     if params is None:
         params = SamplingParams(temperature=temperature or 0.0, top_k=top_k, top_p=top_p)
-    for step in _decode(model, [prompt], max_new_tokens, block_size, params, stop_ids, generator):
+    for step in _decode(
+        model, [prompt], max_new_tokens, block_size, params, stop_ids, generator, grammar, prefix_cache
+    ):
         for _, token, _ in step:
             yield token
 
@@ -112,6 +124,8 @@ def _decode(
     params: SamplingParams,
     stop_ids: Sequence[int],
     generator: torch.Generator | None,
+    grammar: Grammar | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> Iterator[Step]:
     """Yield, per step, (row, token, logprob) for every row still running.
 
@@ -120,16 +134,18 @@ def _decode(
     cache, each step runs on the (cropped) sequence (`_decode_windows`).
     """
     assert prompts and all(len(p) > 0 for p in prompts), "every prompt must hold at least one token"
+    assert prefix_cache is None or len(prompts) == 1, "a prefix cache serves one prompt at a time"
     if max_new_tokens <= 0:
         return
     device = next(model.parameters()).device
     prompts = [list(p)[-block_size:] for p in prompts]
-    rows = _Rows(prompts, max_new_tokens, params, stop_ids, generator, device)
+    matchers = [grammar.matcher() for _ in prompts] if grammar is not None else []
+    rows = _Rows(prompts, max_new_tokens, params, stop_ids, generator, device, matchers)
     cached = isinstance(model, CausalLM)
     produced = 0
     if cached and rows.width < block_size:
         produced = min(max_new_tokens, block_size - rows.width)
-        stopped = yield from _decode_cached(model, rows, produced, block_size)
+        stopped = yield from _decode_cached(model, rows, produced, block_size, prefix_cache)
         if stopped or produced == max_new_tokens:
             return
     yield from _decode_windows(model, rows, produced, max_new_tokens, block_size, cached=cached)
@@ -142,7 +158,8 @@ class _Rows:
     The token history is one preallocated (B, prompt + max_new) tensor, -1 where nothing is (yet), so a
     step's work does not grow with the length; `generated` holds the new tokens, -1 once a row stopped.
     Steps run `SYNC_EVERY` at a time on the device before their tokens are read back (one host sync per
-    chunk, `flush`): 1 on the CPU, where reading is free, 8 on a GPU.
+    chunk, `flush`): 1 on the CPU, where reading is free, 8 on a GPU, and 1 under a grammar, whose
+    matchers read every token as it is chosen.
     """
 
     def __init__(
@@ -153,6 +170,7 @@ class _Rows:
         stop_ids: Sequence[int],
         generator: torch.Generator | None,
         device: torch.device,
+        matchers: list[Matcher] | None = None,
     ):
         B, width = len(prompts), max(len(p) for p in prompts)
         self.B, self.width, self.device = B, width, device
@@ -164,13 +182,23 @@ class _Rows:
         self.running = torch.ones(B, dtype=torch.bool, device=device)
         self.stops = torch.tensor(list(stop_ids) or [-2], device=device)
         self.params, self.generator = params, generator
-        self.sync_every = SYNC_EVERY.get(device.type, 1)
-        self.greedy = params == SamplingParams()  # plain argmax, no penalties: whole chunks run on the device
+        self.matchers = matchers or []  # one per row under a grammar
+        self.sync_every = 1 if self.matchers else SYNC_EVERY.get(device.type, 1)
+        # plain argmax, no penalties, no grammar: whole chunks run on the device
+        self.greedy = params == SamplingParams() and not self.matchers
         self.chunk: list[tuple[Tensor, Tensor]] = []  # per pending step: (running before it, logprobs)
 
     def step(self, logits: Tensor, t: int) -> None:
         """Choose token t (0-based among the new ones) for every row; record it on the device."""
-        nxt, logprob = choose(logits.float(), self.history, self.generated, self.params, self.generator)
+        logits = logits.float()
+        if self.matchers:
+            running = self.running.tolist()
+            logits = constrain(logits, [m if run else None for m, run in zip(self.matchers, running)])
+        nxt, logprob = choose(logits, self.history, self.generated, self.params, self.generator)
+        if self.matchers:
+            for m, run, token in zip(self.matchers, running, nxt.tolist()):
+                if run:
+                    m.advance(token)
         self.history[:, self.width + t] = nxt
         self.generated[:, t] = torch.where(self.running, nxt, PAD)
         self.chunk.append((self.running, logprob))
@@ -199,48 +227,67 @@ class _Rows:
 
 
 def _decode_cached(
-    model: CausalLM, rows: _Rows, n_cached: int, block_size: int
+    model: CausalLM, rows: _Rows, n_cached: int, block_size: int, prefix: PrefixCache | None = None
 ) -> Generator[Step, None, bool]:
     """Read the prompts into the model's KV cache, then choose the first `n_cached` new tokens, one step
     each; on a GPU the step is a CUDA graph (`tinylm.generate.graphs`), and plain greedy decoding runs
-    the rest of a chunk in one replay. Returns whether every row stopped."""
+    the rest of a chunk in one replay. Returns whether every row stopped.
+
+    With a `prefix` cache (one prompt, a static cache) the prompt's longest known prefix is copied into the
+    cache instead of run, and the prompt and the tokens fed after it are kept for later prompts, also when
+    the caller stops reading early."""
     decoder, cache, slots, key_mask = _new_cache(model, rows, n_cached, block_size)
     history, width, pad = rows.history, rows.width, rows.pad
+    prefix = prefix if model.static_cache else None
+    known = prefix.read_into(history[0, :width].tolist(), cache, row=0, start=0) if prefix else 0
     positions = (
-        torch.arange(width, device=rows.device)[None] - pad[:, None]
+        torch.arange(known, width, device=rows.device)[None] - pad[:, None]
     )  # (B, T) each row's own positions
-    prompt_ids = history[:, :width].clamp(min=0)
-    logits = model(prompt_ids, input_pos=slots[:width], cache=cache, positions=positions, key_mask=key_mask)
+    prompt_ids = history[:, known:width].clamp(min=0)
+    logits = model(
+        prompt_ids, input_pos=slots[known:width], cache=cache, positions=positions, key_mask=key_mask
+    )
     rows.step(logits[:, -1], 0)
     produced = 1
-    while True:
-        if len(rows.chunk) == rows.sync_every or produced == n_cached:
-            yield from rows.flush(produced)
-            if not rows.running.any():
-                return True
-        if produced == n_cached:
-            return False
-        at = width + produced - 1  # the slot (and padded position) of the token just chosen
-        if decoder is None:
-            logits = model(
-                history[:, at : at + 1].clamp(min=0),
-                input_pos=slots[at : at + 1],
-                cache=cache,
-                positions=(at - pad)[:, None],
-                key_mask=key_mask,
-            )[:, -1]
-        else:
-            decoder.token.copy_(history[:, at : at + 1].clamp(min=0))
-            decoder.slot.fill_(at)
-            decoder.positions.copy_((at - pad)[:, None])
-            if rows.greedy:  # the rest of this chunk's steps in one graph replay
-                k = min(rows.sync_every - len(rows.chunk), n_cached - produced)
-                rows.record(*decoder.greedy_chunk(k), produced)
-                produced += k
-                continue
-            logits = decoder.replay()
-        rows.step(logits, produced)
-        produced += 1
+    try:
+        while True:
+            if len(rows.chunk) == rows.sync_every or produced == n_cached:
+                yield from rows.flush(produced)
+                if produced == n_cached or not rows.running.any():
+                    break
+            at = width + produced - 1  # the slot (and padded position) of the token just chosen
+            if decoder is None:
+                logits = model(
+                    history[:, at : at + 1].clamp(min=0),
+                    input_pos=slots[at : at + 1],
+                    cache=cache,
+                    positions=(at - pad)[:, None],
+                    key_mask=key_mask,
+                )[:, -1]
+            else:
+                decoder.token.copy_(history[:, at : at + 1].clamp(min=0))
+                decoder.slot.fill_(at)
+                decoder.positions.copy_((at - pad)[:, None])
+                if rows.greedy:  # the rest of this chunk's steps in one graph replay
+                    k = min(rows.sync_every - len(rows.chunk), n_cached - produced)
+                    rows.record(*decoder.greedy_chunk(k), produced)
+                    produced += k
+                    continue
+                logits = decoder.replay()
+            rows.step(logits, produced)
+            produced += 1
+    except GeneratorExit:  # the caller stopped reading (a stop of its own): what was fed is still good
+        _keep_prefix(prefix, rows, cache, produced)
+        raise
+    _keep_prefix(prefix, rows, cache, produced)
+    return not bool(rows.running.any())
+
+
+def _keep_prefix(prefix: PrefixCache | None, rows: _Rows, cache: Any, produced: int) -> None:
+    """Keep the keys and values of the prompt and the new tokens fed so far (all but the newest of the
+    `produced` chosen ones: it was never fed) in the prefix cache."""
+    if prefix is not None:
+        prefix.keep(rows.history[0, : rows.width + produced - 1].tolist(), cache, row=0, start=0)
 
 
 def _new_cache(

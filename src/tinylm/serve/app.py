@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from tinylm.api import LM
 from tinylm.errors import TinylmError
 from tinylm.generate.continuous import Batcher, Request
-from tinylm.serve import protocol
+from tinylm.serve import protocol, toolcalls
 from tinylm.serve.guard import DEFAULT_MAX_REQUEST_BYTES, BodyLimit, JSONRoute
 from tinylm.serve.protocol import APIError
 from tinylm.serve.replies import Reply, Update, run_replies
@@ -52,6 +52,7 @@ class Plan:
     requests: list[Request]
     replies: list[Reply]
     prompt_tokens: int
+    calls_tools: bool = False  # the replies are tool-call JSON, read by `toolcalls.read_reply`
 
     @property
     def completion_tokens(self) -> int:
@@ -86,11 +87,20 @@ class Server:
         param: str,
         label: str | None = None,
     ) -> Plan:
-        """Check every prompt against the context window and make its `n` jobs (seed + j for choice j)."""
+        """Check every prompt against the context window and make its `n` jobs (seed + j for choice j),
+        under the grammar of the reply's JSON schema when it has one. CPU work (a schema compiles): run it
+        in a thread."""
         try:
             opts, params = self.lm.resolve_options(body.sampling_options())
         except TinylmError as e:
             raise APIError(400, str(e)) from None
+        schema = toolcalls.reply_schema(body)
+        grammar = None
+        if schema is not None:
+            try:
+                grammar = self.lm.grammar(schema[0], opts)
+            except TinylmError as e:
+                raise APIError(400, f"{schema[1]}: {e}", param=schema[1]) from None
         stop_ids = self.lm.stop_token_ids(opts)
         window = self.batcher.max_len
         requests, replies = [], []
@@ -109,7 +119,9 @@ class Server:
                 )
             for j in range(body.n):
                 seed = None if body.seed is None else body.seed + j
-                requests.append(Request(tuple(ids), wanted, params, tuple(stop_ids), seed, top_logprobs or 0))
+                requests.append(
+                    Request(tuple(ids), wanted, params, tuple(stop_ids), seed, top_logprobs or 0, grammar)
+                )
                 replies.append(
                     Reply(
                         len(replies),
@@ -119,7 +131,8 @@ class Server:
                         logprobs=top_logprobs is not None,
                     )
                 )
-        return Plan(requests, replies, sum(len(p) for p in prompts))
+        tools = schema is not None and schema[1] == "tools"
+        return Plan(requests, replies, sum(len(p) for p in prompts), calls_tools=tools)
 
     def updates(self, plan: Plan) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Update]]:
         return contextlib.aclosing(run_replies(self.batcher, plan.requests, plan.replies))
@@ -172,10 +185,11 @@ class Server:
     async def chat_prompt(self, body: ChatRequest) -> tuple[list[int], list[str], str]:
         """(prompt ids, stop strings of the chat template, what the ids hold); with RAG, the last user
         message gets the retrieved context."""
-        messages = [m.as_template_message() for m in body.messages]
+        messages = toolcalls.template_messages(body)
         if body.rag and self.retriever is None:
             raise APIError(400, "rag: this server was started without --rag", param="rag")
-        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        shift = len(messages) - len(body.messages)  # a system turn added to describe the tools
+        users = [i + shift for i, m in enumerate(body.messages) if m.role == "user"]
         label = "messages"
         if self.retriever is not None and body.rag is not False and users:
             from tinylm.chat.prompts import with_context
@@ -205,13 +219,15 @@ def create_app(
     max_batch: int = 8,
     max_len: int | None = None,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    prefix_cache_tokens: int = 0,
 ) -> FastAPI:
-    """The app; its batcher (max_batch rows over a max_len cache) runs while the app runs (lifespan).
+    """The app; its batcher (max_batch rows over a max_len cache, a prefix cache of `prefix_cache_tokens`)
+    runs while the app runs (lifespan).
     With `api_key`, /v1 wants `Authorization: Bearer KEY`; a body over `max_request_bytes` is answered 413."""
     problems = [p for p in (api_key_problem(api_key), request_bytes_problem(max_request_bytes)) if p]
     if problems:
         raise TinylmError("\n".join(problems))
-    batcher = Batcher(lm.model, max_batch=max_batch, max_len=max_len)
+    batcher = Batcher(lm.model, max_batch=max_batch, max_len=max_len, prefix_cache_tokens=prefix_cache_tokens)
     server = Server(lm, batcher, model_name, retriever)
 
     @contextlib.asynccontextmanager
@@ -277,7 +293,8 @@ async def _completions(
     server.check_model(body.model)
     body.unsupported()
     prompts = await asyncio.to_thread(server.completion_prompts, body.prompt)
-    plan = server.plan(
+    plan = await asyncio.to_thread(
+        server.plan,
         prompts,
         body,
         budget=body.max_tokens,
@@ -310,7 +327,8 @@ async def _chat_completions(
     server.check_model(body.model)
     body.unsupported()
     ids, stops, label = await server.chat_prompt(body)
-    plan = server.plan(
+    plan = await asyncio.to_thread(
+        server.plan,
         [ids],
         body,
         budget=body.reply_budget,
@@ -325,15 +343,20 @@ async def _chat_completions(
             _chat_events(server, plan, body), media_type="text/event-stream", headers=SSE_HEADERS
         )
     await server.finish(plan, http)
-    choices = [
-        {
-            "index": r.index,
-            "message": {"role": "assistant", "content": r.text, "refusal": None},
-            "logprobs": protocol.chat_logprobs(r.logprobs) if r.want_logprobs else None,
-            "finish_reason": r.finish_reason,
-        }
-        for r in plan.replies
-    ]
+    choices = []
+    for r in plan.replies:
+        reply = _chat_reply(plan, r)
+        message = {"role": "assistant", "content": reply.content, "refusal": None}
+        if reply.tool_calls:
+            message["tool_calls"] = reply.tool_calls
+        choices.append(
+            {
+                "index": r.index,
+                "message": message,
+                "logprobs": protocol.chat_logprobs(r.logprobs) if r.want_logprobs else None,
+                "finish_reason": reply.finish_reason,
+            }
+        )
     kind = "chat.completion"
     return protocol.response(kind, server.model_name, choices, plan.prompt_tokens, plan.completion_tokens)
 
@@ -408,11 +431,15 @@ async def _chat_events(server: Server, plan: Plan, body: ChatRequest) -> AsyncIt
             yield chunk([{"index": r.index, "delta": role, "logprobs": None, "finish_reason": None}], **extra)
         async with server.updates(plan) as updates:
             async for u in updates:
-                delta = {"content": u.text} if u.text else {}
                 logprobs = protocol.chat_logprobs(u.logprobs) if body.logprobs else None
+                if plan.calls_tools:  # the reply is JSON to read whole: sent once it has ended
+                    if u.finish_reason is not None:
+                        for choice in _whole_reply_choices(plan, u.index):
+                            yield chunk([choice], **extra)
+                    continue
                 choice = {
                     "index": u.index,
-                    "delta": delta,
+                    "delta": {"content": u.text} if u.text else {},
                     "logprobs": logprobs,
                     "finish_reason": u.finish_reason,
                 }
@@ -422,6 +449,36 @@ async def _chat_events(server: Server, plan: Plan, body: ChatRequest) -> AsyncIt
     except APIError as e:
         yield protocol.sse(e.body())
     yield protocol.DONE
+
+
+def _chat_reply(plan: Plan, reply: Reply) -> toolcalls.ChatReply:
+    """A finished reply as OpenAI's message holds it: tool-call JSON read into calls or words."""
+    if plan.calls_tools:
+        return toolcalls.read_reply(reply.text, reply.finish_reason)
+    return toolcalls.ChatReply(reply.text, None, reply.finish_reason)
+
+
+def _whole_reply_choices(plan: Plan, index: int) -> list[dict[str, Any]]:
+    """The stream choices of a finished tool-call-format reply: its deltas, then its finish reason."""
+    reply = _chat_reply(plan, plan.replies[index])
+    deltas = [*_reply_deltas(reply), {}]
+    ends = [None] * (len(deltas) - 1) + [reply.finish_reason]
+    return [{"index": index, "delta": d, "logprobs": None, "finish_reason": f} for d, f in zip(deltas, ends)]
+
+
+def _reply_deltas(reply: toolcalls.ChatReply) -> list[dict[str, Any]]:
+    """A whole reply as stream deltas, the way OpenAI streams one: each call's id and name first, then
+    its arguments; or the content."""
+    if not reply.tool_calls:
+        return [{"content": reply.content}] if reply.content else []
+    deltas = []
+    for i, call in enumerate(reply.tool_calls):
+        head = {**call, "function": {"name": call["function"]["name"], "arguments": ""}}
+        deltas.append({"tool_calls": [{"index": i, **head}]})
+        deltas.append(
+            {"tool_calls": [{"index": i, "function": {"arguments": call["function"]["arguments"]}}]}
+        )
+    return deltas
 
 
 def _model_card(server: Server) -> dict[str, Any]:

@@ -56,6 +56,9 @@ class Reply:
     def feed(self, event: Event) -> Update | None:
         """Take the job's next event; the update to send, if there is new text or the reply ended."""
         if isinstance(event, Finished):
+            if event.reason == "error" and (event.error or "").startswith("GrammarError"):  # the schema's
+                reason = event.error.removeprefix("GrammarError: ")  # own fault
+                raise APIError(400, f"response_format: {reason}", param="response_format")
             if event.reason == "error":
                 raise APIError(500, f"generation failed: {event.error}", type="server_error")
             if event.reason == "cancelled":

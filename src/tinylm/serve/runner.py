@@ -20,6 +20,7 @@ import torch
 from fastapi import FastAPI
 
 from tinylm.errors import TinylmError
+from tinylm.generate.prefix import DEFAULT_MAX_TOKENS
 from tinylm.serve.guard import DEFAULT_MAX_REQUEST_BYTES
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -38,9 +39,12 @@ def serve(
     device: str | None = None,
     quantize: str = "none",
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    prefix_cache_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> None:
     """Serve `model` (a checkpoint dir, a model name or an HF dir) until interrupted; quantize="int8"
-    serves weight-only int8 weights (`tinylm.quantize`). A blank `api_key` is refused, not taken as none."""
+    serves weight-only int8 weights (`tinylm.quantize`). A blank `api_key` is refused, not taken as none.
+    The keys and values of up to `prefix_cache_tokens` tokens of ended requests are kept for prompts that
+    start alike (0: none; `tinylm.generate.prefix`)."""
     import uvicorn
 
     from tinylm.api import load
@@ -51,6 +55,7 @@ def serve(
         api_key_problem(api_key),
         _count_problem("--max-batch", max_batch, 1),
         None if max_len is None else _count_problem("--max-len", max_len, 2),
+        _count_problem("--prefix-cache-tokens", prefix_cache_tokens, 0),
         request_bytes_problem(max_request_bytes),
         _device_problem(device),
         _rag_problem(rag),
@@ -75,6 +80,7 @@ def serve(
         max_batch=max_batch,
         max_len=max_len or min(block, 2048),
         max_request_bytes=max_request_bytes,
+        prefix_cache_tokens=prefix_cache_tokens,
     )
     if host not in LOOPBACK and api_key is None:
         print(

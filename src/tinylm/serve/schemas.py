@@ -2,8 +2,9 @@
 
 Fields follow OpenAI's API with its ranges. Unknown fields are refused (a typo such as `temprature` is an
 error, not a silent default); a few that only label a request (`user`, `metadata`, ...) are accepted and
-ignored. OpenAI features tinylm does not have (`echo`, `logit_bias`, tools, ...) are refused by
-`unsupported()` with the field named. Extensions: `top_k`, `min_p`, `repetition_penalty` for sampling, `rag`
+ignored. OpenAI features tinylm does not have (`echo`, `logit_bias`, `functions`, ...) are refused by
+`unsupported()` with the field named. `response_format` (structured output) and `tools`/`tool_choice` with
+`tool` messages follow OpenAI's shapes; what they mean for the prompt and the reply is `tinylm.serve.tools`. Extensions: `top_k`, `min_p`, `repetition_penalty` for sampling, `rag`
 for chat (on a server started with `--rag`), `pooling` for embeddings. The fields that are generation options
 are built from `tinylm.generate.options` (`OPENAI_NAMES`), within OpenAI's ranges (`OPENAI_RANGES`). This
 module only describes requests.
@@ -13,7 +14,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from tinylm.generate.options import OPTIONS, pydantic_field
 from tinylm.serve.protocol import APIError
@@ -40,9 +49,13 @@ PLANNED = ("max_new_tokens", "seed")
 """Options the server's plan applies itself (the reply budget, seed + j for choice j), not `LM`'s options."""
 
 
-class _Body(BaseModel):
+class _Strict(BaseModel):
+    """Unknown fields are refused."""
+
     model_config = ConfigDict(extra="forbid")
 
+
+class _Body(_Strict):
     model: str
     # accepted and ignored: they label a request, they do not change the reply
     user: str | None = None
@@ -51,9 +64,7 @@ class _Body(BaseModel):
     service_tier: str | None = None
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 
@@ -68,12 +79,38 @@ _OptionFields = create_model(  # unset (None): the checkpoint's default
 )
 
 
+NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function and schema names
+
+
+class JSONSchemaFormat(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)  # `schema` read as `schema_`
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # None: any JSON object
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """`{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {...}}`."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError('json_schema is given with, and only with, type "json_schema"')
+        return self
+
+
 class GenerationBody(_OptionFields):
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop")
     @classmethod
@@ -110,19 +147,51 @@ class CompletionRequest(GenerationBody):
             raise _unsupported("best_of", "best_of other than n")
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FunctionCall(_Strict):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
 
+
+class ToolCall(_Strict):
+    """A call an assistant message made, sent back in the next request."""
+
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDef(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments; None: no arguments
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class TextPart(_Strict):
     type: Literal["text"]
     text: str
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: Literal["system", "developer", "user", "assistant"]
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = Field(None, validate_default=True)
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
     @field_validator("content")
     @classmethod
@@ -132,12 +201,26 @@ class Message(BaseModel):
             raise ValueError(f"a {role} message needs content (a string or a list of text parts)")
         return v
 
+    @model_validator(mode="after")
+    def _tool_fields(self) -> Message:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id, the id of the call it answers")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise ValueError(f"tool_call_id belongs to tool messages, not to a {self.role} message")
+        if self.role != "assistant" and self.tool_calls is not None:
+            raise ValueError(f"tool_calls belong to assistant messages, not to a {self.role} message")
+        if self.role == "assistant" and self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs content or tool_calls")
+        return self
+
+    @property
+    def text(self) -> str:
+        """The content as one string (text parts joined; none: empty)."""
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
+
     def as_template_message(self) -> dict[str, str]:
         """{"role", "content"} for a chat template: text parts joined, `developer` read as `system`."""
-        content = (
-            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
-        )
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text}
 
 
 class ChatRequest(GenerationBody):
@@ -145,21 +228,18 @@ class ChatRequest(GenerationBody):
     max_completion_tokens: int | None = Field(None, **OPTIONS["max_new_tokens"].rule.bounds())  # max_tokens
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     functions: list[Any] | None = None
     function_call: Any = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
     rag: bool | None = None
 
     def unsupported(self) -> None:
         super().unsupported()
-        for name in ("tools", "tool_choice", "functions", "function_call"):
+        for name in ("functions", "function_call"):
             if getattr(self, name):
-                raise _unsupported(name)
-        if self.response_format and self.response_format.get("type") != "text":
-            raise _unsupported("response_format", "response_format other than text")
+                raise _unsupported(name, f"{name} (deprecated by OpenAI: use tools)")
         if self.top_logprobs and not self.logprobs:
             raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
 

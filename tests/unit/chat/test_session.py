@@ -6,7 +6,7 @@ import pytest
 
 from tinylm import load
 from tinylm.chat.memory import ContextTooLong
-from tinylm.chat.session import Chat, rag_retriever, run_repl
+from tinylm.chat.session import Chat, rag_retriever, run_chat, run_repl
 from tinylm.chat.store import ChatStore
 from tinylm.errors import TinylmError
 
@@ -122,3 +122,25 @@ def test_rag_hook_checks_the_index_before_the_first_question(tmp_path):
     db.write_bytes(b"not a database at all, " * 100)
     with pytest.raises(TinylmError, match=r"index\.db"):
         rag_retriever(db)
+
+
+def test_run_chat_reuses_earlier_turns_through_a_prefix_cache_and_replies_the_same(tmp_path, monkeypatch):
+    import tinylm.api
+
+    ck = chat_checkpoint(tmp_path / "char")
+    loaded = []
+    monkeypatch.setattr(tinylm.api, "load", lambda *a, **kw: loaded.append(load(*a, **kw)) or loaded[-1])
+    outputs = []
+    for tokens in (512, 0):
+        out = io.StringIO()
+        run_chat(
+            str(ck), system="be brief", db=tmp_path / f"{tokens}.sqlite", prefix_cache_tokens=tokens,
+            stdin=io.StringIO("the quick fox\njumps over\nthe lazy dog\n"), stdout=out, stderr=io.StringIO(),
+            max_new_tokens=6, temperature=1.0, seed=3,
+        )  # fmt: skip
+        outputs.append(out.getvalue())
+    cached, plain = loaded
+    assert outputs[0] == outputs[1] and outputs[0].strip()
+    assert cached.prefix_cache.max_tokens == 512 and plain.prefix_cache is None
+    assert cached.prefix_cache.hits == 2 and cached.prefix_cache.misses == 1
+    assert cached.prefix_cache.tokens_reused > 20  # the system prompt and the first exchange, at least

@@ -14,14 +14,7 @@ from tinylm.generate.sampling import SamplingParams
 from tinylm.hf_model import HFCausalLM
 from tinylm.model import GPTConfig, build_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PROMPTS = [[5, 6, 7, 8, 9], [11, 12], [3, 4, 5, 6, 7, 8, 9, 10, 2, 17, 30, 31, 32], [40], [22, 23, 24, 25]]

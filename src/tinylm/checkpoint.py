@@ -35,7 +35,7 @@ from tinylm.errors import CheckpointError
 from tinylm.files import check_input_file, dir_written_aside
 from tinylm.hf_model import KIND as HF_KIND
 from tinylm.hf_model import HFCausalLM, HFModelConfig
-from tinylm.model import GPTConfig, build_model
+from tinylm.model import GPTConfig, build_model, weights_follow
 from tinylm.tokenizers import Tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
@@ -99,7 +99,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     weights = path / WEIGHTS_FILE
     if not weights.exists():
         raise CheckpointError(f"{path}: missing {WEIGHTS_FILE}; the checkpoint is incomplete")
-    model = build_model(config)
+    with weights_follow():  # no random init: every weight is loaded next
+        model = build_model(config)
     load_weights(model, weights)
     model.to(device).eval()
     return Checkpoint(path, model, config, load_tokenizer(path / TOKENIZER_DIR), meta)

@@ -19,10 +19,12 @@ loop, no sampling. Logits come back in the compute dtype; callers upcast for the
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -214,10 +216,29 @@ def split_segments(segment_ids: Tensor) -> tuple[Tensor, Tensor]:
 # Layers
 
 
+_WEIGHTS_FOLLOW = contextvars.ContextVar("tinylm_weights_follow", default=False)
+
+
+@contextlib.contextmanager
+def weights_follow() -> Iterator[None]:
+    """Build models whose every weight is loaded next: their random initialisation is skipped (for
+    SmolLM2-135M it was most of the load time). The caller must load all parameters, as `load_weights`
+    does (it refuses a file that misses any)."""
+    token = _WEIGHTS_FOLLOW.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_FOLLOW.reset(token)
+
+
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state_dict), except when decoding on the CPU: up to 8 float32 rows
     without autograd run tinylm's bandwidth-bound kernel (`tinylm.cpu_kernels`), 1.5-4x F.linear there.
     Training, longer prefills, GPUs and other dtypes take F.linear."""
+
+    def reset_parameters(self) -> None:
+        if not _WEIGHTS_FOLLOW.get():  # else the weights are about to be loaded
+            super().reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
@@ -226,6 +247,14 @@ class Linear(nn.Linear):
             y = y.view(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
         return F.linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding, whose random init `weights_follow` skips."""
+
+    def reset_parameters(self) -> None:
+        if not _WEIGHTS_FOLLOW.get():
+            super().reset_parameters()
 
 
 class RMSNorm(nn.Module):
@@ -464,9 +493,9 @@ class GPT(nn.Module):
         super().__init__()
         assert config.kind == "gpt", f"GPT needs kind='gpt', got {config.kind!r} (use build_model)"
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = Embedding(config.vocab_size, config.n_embd)
         if config.pos == "learned":
-            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+            self.wpe = Embedding(config.block_size, config.n_embd)
         elif config.pos == "sinusoidal":
             self.register_buffer(
                 "sinusoid", sinusoidal_table(config.block_size, config.n_embd), persistent=False
@@ -487,6 +516,8 @@ class GPT(nn.Module):
 
     def _init_weights(self) -> None:
         """nanoGPT init: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2 * n_layer)."""
+        if _WEIGHTS_FOLLOW.get():
+            return
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -625,7 +656,7 @@ class GRULM(nn.Module):
         super().__init__()
         assert config.kind == "gru", f"GRULM needs kind='gru', got {config.kind!r} (use build_model)"
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = Embedding(config.vocab_size, config.n_embd)
         self.gru = nn.GRU(
             config.n_embd,
             config.n_embd,

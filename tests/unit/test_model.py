@@ -312,3 +312,21 @@ def test_misuse_is_reported():
         gru(torch.zeros(1, 2, dtype=torch.long), cache=model.new_cache(1, 4))
     with pytest.raises(ValueError, match="segment_ids"):
         gru(torch.zeros(1, 2, dtype=torch.long), segment_ids=torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_a_model_built_for_loading_skips_its_random_init_and_only_then(monkeypatch):
+    """`weights_follow` (what load_checkpoint builds under) draws no random weights; outside it, init runs."""
+    from tinylm.model import weights_follow
+
+    calls = []
+    for name in ("normal_", "kaiming_uniform_"):
+        real = getattr(torch.nn.init, name)
+        monkeypatch.setattr(
+            torch.nn.init, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k)
+        )
+    cfg = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, pos="rope")
+    with weights_follow():
+        build_model(cfg)
+    assert calls == []
+    build_model(cfg)
+    assert len(calls) > 2 * cfg.n_layer

@@ -208,6 +208,31 @@ def cmd_test(args: argparse.Namespace) -> None:
     print(f"generations logged to {cfg.test_params.log_file}")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from tinylm.harness import evaluate_models, results_table
+
+    runs = evaluate_models(
+        args.models,
+        [t.strip() for t in args.tasks.split(",")],
+        limit=args.limit,
+        batch_size=args.batch_size,
+        quantize=[q.strip() for q in args.quantize.split(",")],
+        num_fewshot=args.num_fewshot,
+        device=args.device,
+        allow_code=args.allow_code,
+        log=not args.no_log,
+    )
+    if args.json:
+        print(json.dumps([run.as_dict() for run in runs], indent=2))
+        return
+    Console().print(results_table(runs))
+    for run in runs:
+        if run.logged_to is not None:
+            print(f"{run.label}: scores appended to {run.logged_to}")
+
+
 def cmd_inspect_data(args: argparse.Namespace) -> None:
     from tinylm.config import load_config
     from tinylm.tools.inspect_data import inspect_data
@@ -395,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         _train_parser,
         _test_parser,
+        _eval_parser,
         _inspect_data_parser,
         _generate_parser,
         _models_parser,
@@ -425,6 +451,48 @@ def _test_parser(sub: Subparsers) -> None:
     p.add_argument("config", type=Path, help="a seed-style test_config.yaml")
     _set_flag(p)
     p.set_defaults(func=cmd_test)
+
+
+def _eval_parser(sub: Subparsers) -> None:
+    p = sub.add_parser("eval", help="score models on lm-evaluation-harness tasks, offline, side by side")
+    p.add_argument(
+        "models", nargs="+", metavar="MODEL", help="checkpoint dirs, a run's last/best links or model names"
+    )
+    p.add_argument(
+        "--tasks",
+        required=True,
+        help="comma-separated lm-eval task names and task files (.yaml paths), e.g. arc_easy,examples/eval/qa_choice.yaml",
+    )
+    p.add_argument(
+        "--limit", type=int, metavar="N", help="score at most N documents of each task (default: all)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        metavar="B",
+        help="requests scored together (default: %(default)s)",
+    )
+    p.add_argument(
+        "--num-fewshot", type=int, metavar="K", help="examples in each prompt (default: the task's, else 0)"
+    )
+    p.add_argument(
+        "--quantize",
+        default="none",
+        metavar="none,int8",
+        help="evaluate each model as stored (none), weight-only int8, or both side by side: none,int8",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
+    p.add_argument(
+        "--allow-code",
+        action="store_true",
+        help="let a task file given by path run the Python it names (!function); read it first",
+    )
+    p.add_argument(
+        "--no-log", action="store_true", help="do not append the scores to a training run's metrics.csv"
+    )
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.set_defaults(func=cmd_eval)
 
 
 def _inspect_data_parser(sub: Subparsers) -> None:

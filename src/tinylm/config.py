@@ -108,6 +108,14 @@ class TrainConfig(Section):
     freeze: FreezeConfig | None = None
     lora: LoRAConfig | None = None
     """Train low-rank adapters instead of the weights; checkpoints hold the merged weights."""
+    objective: Literal["next_token", "dpo"] = "next_token"
+    """`next_token`: cross-entropy on the tokens that carry loss (pretraining, SFT). `dpo`: Direct
+    Preference Optimization on {prompt, chosen, rejected} pairs, against the `init_from` model."""
+    dpo_beta: float = Field(0.1, gt=0.0, le=1000.0)
+    """DPO's beta: how far the tuned model may move from the reference (smaller: further)."""
+    dpo_reference: Literal["precomputed", "copy"] = "precomputed"
+    """Where DPO's reference log-probabilities come from: computed once before the first step
+    (`precomputed`, no memory while training) or a frozen copy of the model run on every batch (`copy`)."""
 
     @field_validator("devices")
     @classmethod
@@ -397,6 +405,29 @@ def _consistency_problems(cfg: RunConfig) -> list[str]:
         problems.append("train: choose freeze or lora, not both (lora already freezes the base weights)")
     if cfg.tokenizer.kind == "hf" and cfg.tokenizer.path is None:
         problems.append("tokenizer.path: the 'hf' kind loads a tokenizer directory; give its path")
+    return problems + _objective_problems(cfg)
+
+
+def _objective_problems(cfg: RunConfig) -> list[str]:
+    """What DPO needs of the rest of the config, and DPO settings given to another objective."""
+    t, d = cfg.train, cfg.data
+    if t.objective != "dpo":
+        stray = sorted({"dpo_beta", "dpo_reference"} & t.model_fields_set)
+        return [f"train.{k}: only used with train.objective: dpo, found {t.objective}" for k in stray]
+    problems = []
+    if cfg.init_from is None:
+        problems.append(
+            "init_from: train.objective dpo tunes a pretrained model, which is also its reference; "
+            "name one (a checkpoint, a model from `tinylm models`, or a Hugging Face directory)"
+        )
+    if d.kind != "qa":
+        problems.append(f"data.kind: DPO reads {{prompt, chosen, rejected}} pairs, found {d.kind!r}")
+    if d.packing:
+        problems.append("data.packing: DPO keeps each pair in its own rows; set it to false")
+    if d.loss_on != "response":
+        problems.append(f"data.loss_on: DPO scores the responses only; set 'response', found {d.loss_on!r}")
+    if d.response_key is not None:
+        problems.append("data.response_key: DPO reads the responses from 'chosen' and 'rejected'; remove it")
     return problems
 
 

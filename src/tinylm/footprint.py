@@ -4,6 +4,9 @@
 Lightning Fabric) holds at its peak, and `inference_memory` what generation holds:
 
     weights          parameters and buffers: fp32, or bf16 with "bf16-true" (Fabric converts the module)
+    reference        DPO with a frozen reference copy: its weights and buffers, as the weights (no gradients,
+                     no optimizer states; its no-grad forward is over before the model's backward starts).
+                     A DPO step runs 2 rows per pair, which the caller's Workload counts
     autocast copies  "bf16-mixed"/"16-mixed": autocast casts each Linear weight to 16 bits in the forward
                      and autograd keeps the copy until that layer's backward (2 bytes per Linear weight);
                      the fp32 weights stay the master copy that AdamW updates
@@ -329,6 +332,7 @@ def layer_activations(config: GPTConfig, work: Workload, kernel: str | None = No
 TRAINING_PARTS = (
     "cuBLAS workspaces",
     "weights",
+    "reference model (frozen copy)",
     "autocast weight copies",
     "gradients",
     "optimizer states (AdamW)",
@@ -355,9 +359,17 @@ class TrainingEstimate:
     batch: int
     peak: int
     peak_at: str
+    reference: int = 0
 
     def parts(self) -> dict[str, int]:
-        values = (self.workspaces, self.weights, self.autocast_copies, self.gradients, self.optimizer)
+        values = (
+            self.workspaces,
+            self.weights,
+            self.reference,
+            self.autocast_copies,
+            self.gradients,
+            self.optimizer,
+        )
         return dict(zip(TRAINING_PARTS, (*values, self.activations, self.loss_buffers)))
 
 
@@ -375,11 +387,13 @@ def training_memory(
     params: int | None = None,
     trainable: int | None = None,
     buffers: int | None = None,
+    reference: int = 0,
 ) -> TrainingEstimate:
     """Peak memory of one training process of `config` running `work`, with its parts.
 
     params / trainable / buffers: counts from a real model (frozen layers, LoRA adapters); by default
-    every parameter of `config` trains.
+    every parameter of `config` trains. reference: parameters and buffers of a frozen reference copy
+    (DPO's `dpo_reference: copy`), held in the weights' dtype.
     """
     p = train_precision(work.precision)
     if params is None or buffers is None:
@@ -397,7 +411,8 @@ def training_memory(
     states = 2 * trainable * p.param
     batch = (16 + (8 if work.packed else 0)) * work.tokens  # input_ids, labels (and segment_ids), int64
     workspaces = cublas_workspaces(work.device)
-    persistent = weights + states + batch + workspaces
+    ref = reference * p.param
+    persistent = weights + ref + states + batch + workspaces
     peak, where = _replay(ops, persistent, grads, work.accumulate)
     step = persistent + grads + _optimizer_scratch(config, p, work.device, trainable)
     if step > peak:
@@ -420,6 +435,7 @@ def training_memory(
         batch=batch,
         peak=peak,
         peak_at=where,
+        reference=ref,
     )
 
 
@@ -625,9 +641,11 @@ class Subject:
     params: int | None = None
     trainable: int | None = None
     buffers: int | None = None
+    rows_per_example: int = 1  # DPO: a pair is two rows, its chosen and its rejected response
+    reference: int = 0  # DPO with a frozen reference copy: its parameters and buffers
 
     def workload(self, precision: str, batch_size: int | None = None) -> Workload:
-        b = self.batch_size if batch_size is None else batch_size
+        b = (self.batch_size if batch_size is None else batch_size) * self.rows_per_example
         return Workload(b, self.seq_len, precision, self.device, self.packed, self.accumulate)
 
     def training(self, precision: str, batch_size: int | None = None) -> TrainingEstimate:
@@ -637,4 +655,5 @@ class Subject:
             params=self.params,
             trainable=self.trainable,
             buffers=self.buffers,
+            reference=self.reference,
         )

@@ -548,9 +548,20 @@ class GPT(nn.Module):
         """
         return self.lm_head(self._hidden(idx, input_pos, segment_ids, cache, positions, key_mask))
 
-    def embeddings(self, idx: Tensor, *, segment_ids: Tensor | None = None) -> Tensor:
-        """idx (B, T) -> (B, T, n_embd): per-token hidden states after the final norm, the input of lm_head."""
-        return self._hidden(idx, None, segment_ids, None, None, None)
+    def embeddings(
+        self,
+        idx: Tensor,
+        *,
+        input_pos: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+        positions: Tensor | None = None,
+        key_mask: Tensor | None = None,
+    ) -> Tensor:
+        """idx (B, T) -> (B, T, n_embd): per-token hidden states after the final norm, the input of lm_head;
+        the keywords as in `forward`. A caller that needs the logits of a few positions applies lm_head to
+        those alone."""
+        return self._hidden(idx, input_pos, segment_ids, cache, positions, key_mask)
 
     def new_cache(
         self,

@@ -83,6 +83,19 @@ CONFIG_CASES = [
     (["train.lerning_rate=0.1"], ["train.lerning_rate", "did you mean 'train.learning_rate'"]),
     (["nonsense"], ["expected key=value"]),
     (["train.learning_rate=-1", "train.batch_size=0", "data.val_fraction=2"], ["3 problem(s)"]),
+    (["train.objective=ppo"], ["train.objective", "'dpo'"]),
+    (["train.objective=dpo", "train.dpo_beta=0"], ["train.dpo_beta", "greater than 0"]),
+    (["train.objective=dpo", "train.dpo_reference=lazy"], ["train.dpo_reference", "'copy'"]),
+    (["train.dpo_beta=0.5"], ["train.dpo_beta: only used with train.objective: dpo"]),
+    (
+        ["train.objective=dpo", "data.packing=true", "data.loss_on=all"],
+        [
+            "3 problem(s)",
+            "init_from: train.objective dpo tunes a pretrained model",
+            "data.packing",
+            "data.loss_on",
+        ],
+    ),
 ]
 
 
@@ -178,6 +191,61 @@ def test_a_fifo_never_hangs_the_process(tmp_path, config):
 @pytest.mark.parametrize("examples", ["-1", "100000"])
 def test_inspect_data_examples_out_of_range(config, examples):
     expect(cli("inspect-data", config, "--examples", examples), 2, "--examples", examples)
+
+
+# -- preference pairs (train.objective: dpo) -------------------------------------------------------------
+PAIR = {"prompt": "what is item one", "chosen": "item one is red", "rejected": "item one is blue"}
+LONG_PROMPT = "what is item one " * 4  # 68 characters: more than the 32-token window
+DPO_DATA_CASES = [
+    ("pairs.jsonl", [PAIR, {**PAIR, "chosen": " "}], ["pairs.jsonl", "line 2", "key 'chosen'", "empty"]),
+    (
+        "pairs.json",
+        [PAIR, {**PAIR, "rejected": "<end>"}],
+        ["pairs.json", "record 1", "key 'rejected'", "empty"],
+    ),
+    ("pairs.json", [{**PAIR, "prompt": ""}], ["record 0", "key 'prompt'", "the prompt is empty"]),
+    ("pairs.json", [QA_ROWS[0]], ["record 0", "'chosen', 'rejected'", "prompt/response data"]),
+    ("pairs.json", [PAIR, {"prompt": "what"}], ["record 1", "missing key 'chosen'"]),
+    ("pairs.json", [{**PAIR, "rejected": PAIR["chosen"]}], ["record 0", "the same text"]),
+    ("pairs.json", [{**PAIR, "chosen": 5}], ["record 0", "key 'chosen'", "expected a string", "int 5"]),
+    (
+        "pairs.json",
+        [{**PAIR, "prompt": [{"role": "assistant", "content": "hi"}]}],
+        ["record 0", "key 'prompt'", "ends with a 'user' message"],
+    ),
+    (
+        "pairs.json",
+        [{**PAIR, "chosen": [{"role": "user", "content": "hi"}]}],
+        ["record 0", "key 'chosen'", "the assistant's message"],
+    ),
+    (
+        "pairs.jsonl",
+        [PAIR, PAIR, {**PAIR, "prompt": LONG_PROMPT}],
+        [
+            "pairs.jsonl: line 3",
+            f"the prompt is {len(f'Q: {LONG_PROMPT.strip()}') + 3} tokens",
+            "data.max_length = 32",
+        ],
+    ),
+]
+
+
+@pytest.fixture
+def dpo_config(tmp_path: Path, ckpt: Path) -> Path:
+    """A DPO run on the arena's tiny checkpoint (its data path set by each case)."""
+    cfg = tiny_config(tmp_path, tmp_path / "pairs.json", train={"max_steps": 1, "objective": "dpo"})
+    del cfg["model"]
+    cfg["init_from"] = str(ckpt)
+    return write_config(tmp_path, cfg, "dpo.yaml")
+
+
+@pytest.mark.parametrize("name, records, fragments", DPO_DATA_CASES, ids=lambda v: str(v)[:30])
+def test_bad_preference_pairs(tmp_path, dpo_config, name, records, fragments):
+    data = tmp_path / name
+    text = "\n".join(json.dumps(r) for r in records) if name.endswith(".jsonl") else json.dumps(records)
+    data.write_text(text)
+    for verb in ("train", "inspect-data"):
+        expect(cli(verb, dpo_config, "--set", f"data.path={data}"), 2, *fragments)
 
 
 # -- the run folder: nothing lost ------------------------------------------------------------------------

@@ -51,6 +51,7 @@ PAGES = [
     "docs/data.md",
     "docs/generate.md",
     "docs/fine-tune.md",
+    "docs/evaluate.md",
     "docs/chat.md",
     "docs/rag.md",
     "docs/workbench.md",
@@ -68,6 +69,7 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 EXPECT = {
     "train": "done: step",
     "test": "exact_match",
+    "eval": "acc",
     "inspect-data": "tokens carrying loss",
     "generate": None,
     "chat": None,

@@ -48,7 +48,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("hub", ["tinylm.hub"]),
     ("generation", ["tinylm.generate", "tinylm.generate.*"]),
     ("api", ["tinylm.api"]),
-    ("training and evaluation", ["tinylm.evaluate", "tinylm.train", "tinylm.train.*"]),
+    ("training and evaluation", ["tinylm.evaluate", "tinylm.harness", "tinylm.train", "tinylm.train.*"]),
     ("chat and rag", ["tinylm.rag", "tinylm.rag.*", "tinylm.chat", "tinylm.chat.*"]),
     ("serve", ["tinylm.serve", "tinylm.serve.*"]),
     ("workbench and the seed's API", ["tinylm.tools", "tinylm.tools.*", "tinylm.compat.sfa"]),

@@ -1,8 +1,10 @@
-"""Token datasets and the batch loader: pretraining windows, Q/A rows (padded or packed), sharded batches.
+"""Token datasets and the batch loader: pretraining windows, Q/A rows (padded or packed), preference pairs,
+sharded batches.
 
 A dataset here holds token ids only and knows how to turn a list of indices into a batch of tensors:
 `input_ids` (B, T), `labels` (B, T) with -100 where no loss is taken, and for packed rows `segment_ids`
-(B, T). It does not read files (that is `formats.py`) and does not know about models.
+(B, T); a batch of B preference pairs is 2B rows (see `PairRows`). It does not read files (that is
+`formats.py`) and does not know about models.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from tinylm.data.formats import Example
-from tinylm.templates import layout_prompt
+from tinylm.data.formats import Example, Pair
+from tinylm.errors import DataError
+from tinylm.templates import CHAT, layout_prompt, render_chat, render_in_template
 
 IGNORE_INDEX = -100
 
@@ -136,6 +139,79 @@ def _pack(items: list[tuple[list[int], list[int]]], capacity: int) -> list[list[
         rows[slot].append(items[i])
         free[slot] -= n
     return rows
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    prompt: list[int]
+    chosen: list[int]  # the response's tokens and EOS (cut short when `truncated`)
+    rejected: list[int]
+    truncated: bool
+
+    def row(self, response: list[int]) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of prompt + response, shifted; labels only on the response's tokens."""
+        seq = self.prompt + response
+        return seq[:-1], [IGNORE_INDEX] * (len(self.prompt) - 1) + response
+
+
+def pair_prompt(pair: Pair, template: str, tok) -> str:
+    """A pair's prompt laid out for the model: as `layout_prompt` does, or, when the record held a chat,
+    the whole chat (the model's chat template for `template` "chat", else each turn in `template`)."""
+    if pair.messages is None:
+        return layout_prompt(pair.prompt, template, tok)
+    if template == CHAT:
+        return render_chat(list(pair.messages), tok)[0]
+    return render_in_template(list(pair.messages), template)[0]
+
+
+def encode_pair(pair: Pair, tok, *, template: str, max_length: int) -> EncodedPair:
+    """prompt (laid out by `pair_prompt`), and each response + EOS, for rows of at most `max_length` inputs.
+
+    A prompt that leaves no room for a response in `max_length` is a DataError naming the record; a
+    response that does not fit is cut at the end (the pair is counted as truncated).
+    """
+    prompt = tok.encode(pair_prompt(pair, template, tok))
+    if not prompt or len(prompt) >= max_length:
+        raise DataError(
+            f"{pair.source}: the prompt is {len(prompt)} tokens and a row holds data.max_length = {max_length}"
+            ", which leaves no room for the responses; shorten the prompt or raise data.max_length"
+        )
+    room = max_length + 1 - len(prompt)
+    chosen, rejected = ([*tok.encode(text), tok.eos_id] for text in (pair.chosen, pair.rejected))
+    truncated = max(len(chosen), len(rejected)) > room
+    return EncodedPair(prompt, chosen[:room], rejected[:room], truncated)
+
+
+class PairRows:
+    """Preference pairs as rows: a batch of B pairs is 2B rows, the B chosen responses first, then the B
+    rejected (TRL's layout), each after its prompt and padded on the right; labels on the responses only.
+
+    `ref` (N, 2), once set: the reference model's log-probabilities of each pair's chosen and rejected
+    response (`tinylm.train.dpo`); batches then carry them as `ref_logps` (2B,), in the rows' order.
+    """
+
+    def __init__(self, encoded: list[EncodedPair], pad_id: int):
+        self.pairs = encoded
+        self.pad_id = pad_id
+        self.ref: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        pairs = [self.pairs[i] for i in indices]
+        rows = [p.row(p.chosen) for p in pairs] + [p.row(p.rejected) for p in pairs]
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for r, (ids, labs) in enumerate(rows):
+            input_ids[r, : len(ids)] = torch.tensor(ids)
+            labels[r, : len(labs)] = torch.tensor(labs)
+        out = {"input_ids": input_ids, "labels": labels}
+        if self.ref is not None:
+            idx = torch.as_tensor(list(indices), dtype=torch.long)
+            out["ref_logps"] = torch.cat([self.ref[idx, 0], self.ref[idx, 1]])  # (2B,)
+        return out
 
 
 class BatchLoader:

@@ -2,8 +2,9 @@
 
 `read_examples` reads JSON (the SFA `training_data` shape, a flat `{prompt: response}` dict, a split dict
 `{"train": [...], "test": [...]}`, or a list of records), JSONL, CSV and Parquet; records hold either a
-prompt/response pair (column names auto-detected or given) or a chat `messages` list. `read_documents`
-reads .txt/.md files. Every problem is a `DataError` naming the file, the record or line, the key, what was
+prompt/response pair (column names auto-detected or given) or a chat `messages` list. `read_pairs` reads
+preference pairs `{prompt, chosen, rejected}` (DPO) from the same files. `read_documents` reads .txt/.md
+files. Every problem is a `DataError` naming the file, the record or line, the key, what was
 expected and what was found.
 
 This module does not tokenize, window, mask or batch (that is `tinylm.data.datasets`), and it does not add
@@ -54,6 +55,19 @@ class Example:
     messages: tuple[dict[str, str], ...] | None = None
 
 
+@dataclass(frozen=True)
+class Pair:
+    """One preference pair: a prompt and two responses, the preferred one first. `messages` is the prompt's
+    chat when the record gave one (its last message is `prompt`); `source` is "FILE: record N", for the
+    messages of later checks."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    messages: tuple[dict[str, str], ...] | None = None
+    source: str = ""
+
+
 # (where, record): where is "record 3" or "line 4", used in error messages.
 Located = tuple[str, Any]
 RecordParser = Callable[[str, Any], Example]
@@ -80,6 +94,23 @@ def read_examples(
         raise DataError(f"{path}: {what} has no records (empty dataset)")
     parse = _record_parser(path, records[0], prompt_key, response_key, messages_key)
     return [parse(where, record) for where, record in records]
+
+
+def read_pairs(path: str | Path, *, split: str = "train", prompt_key: str | None = None) -> list[Pair]:
+    """Read preference pairs from a .json, .jsonl, .csv or .parquet file (the shapes `read_examples` reads).
+
+    Each record has a prompt (`prompt_key`, default "prompt"), "chosen" and "rejected". The prompt is a
+    string or a chat (a list of messages ending with a user message); each response is a string or a list
+    holding one assistant message (TRL's conversational form). Responses are whitespace-stripped and lose a
+    trailing `END_MARKER`. An empty side, or two equal sides, is a DataError naming file, record and key.
+    """
+    path = Path(path)
+    records, what = _load_records(path, split)
+    if not records:
+        raise DataError(f"{path}: {what} has no records (empty dataset)")
+    keys = (prompt_key or "prompt", "chosen", "rejected")
+    _require_pair_keys(path, records[0], keys)
+    return [_pair(path, where, as_object(path, where, record), keys) for where, record in records]
 
 
 def available_splits(path: str | Path) -> list[str]:
@@ -324,6 +355,86 @@ def _chat_example(path: Path, where: str, record: dict[str, Any], messages_key: 
         )
     response = _response(path, where, messages_key, chat[-1]["content"])
     return Example(prompt=users[-1].strip(), response=response, messages=chat)
+
+
+def _require_pair_keys(path: Path, first: Located, keys: tuple[str, str, str]) -> None:
+    """One clear message when the data holds no preference pairs at all (say, SFT data given to DPO)."""
+    where, record = first
+    record = as_object(path, where, record)
+    missing = [k for k in keys if k not in record]
+    if not missing:
+        return
+    sft = any(p in record and r in record for p, r in KEY_PAIRS) or "messages" in record
+    hint = (
+        "; it looks like prompt/response data for supervised fine-tuning (train.objective: next_token)"
+        if sft
+        else ""
+    )
+    raise DataError(
+        f"{path}: {where}: preference pairs (train.objective: dpo) need the keys "
+        f"{', '.join(repr(k) for k in keys)}; this record lacks {', '.join(repr(k) for k in missing)} "
+        f"and has keys {_keys(record)}{hint}"
+    )
+
+
+def _pair(path: Path, where: str, record: dict[str, Any], keys: tuple[str, str, str]) -> Pair:
+    prompt_key, chosen_key, rejected_key = keys
+    prompt, messages = _pair_prompt(path, where, record, prompt_key)
+    chosen = _pair_response(path, where, record, chosen_key)
+    rejected = _pair_response(path, where, record, rejected_key)
+    if chosen == rejected:
+        raise DataError(
+            f"{path}: {where}: keys {chosen_key!r} and {rejected_key!r} hold the same text; a pair must "
+            "differ (the preferred response and a worse one)"
+        )
+    return Pair(prompt, chosen, rejected, messages, f"{path}: {where}")
+
+
+def _pair_prompt(
+    path: Path, where: str, record: dict[str, Any], key: str
+) -> tuple[str, tuple[dict[str, str], ...] | None]:
+    """(the prompt, or the chat's last user message; the chat or None)."""
+    value = _field(path, where, record, key)
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{path}: {where}: key {key!r}: the prompt is empty")
+        return value.strip(), None
+    if not isinstance(value, list) or not value:
+        raise DataError(
+            f"{path}: {where}: key {key!r}: expected a string or a non-empty list of "
+            f"{{'role': ..., 'content': ...}} messages, found {describe(value)}"
+        )
+    chat = tuple(_message(path, f"{where}, {key}[{i}]", m) for i, m in enumerate(value))
+    if chat[-1]["role"] != "user":
+        raise DataError(
+            f"{path}: {where}: key {key!r}: a chat prompt ends with a 'user' message, found "
+            f"{chat[-1]['role']!r}"
+        )
+    if not chat[-1]["content"].strip():
+        raise DataError(f"{path}: {where}: key {key!r}: the last user message is empty")
+    return chat[-1]["content"].strip(), chat
+
+
+def _pair_response(path: Path, where: str, record: dict[str, Any], key: str) -> str:
+    value = _field(path, where, record, key)
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise DataError(
+                f"{path}: {where}: key {key!r}: expected a string or a list of one assistant message, "
+                f"found {len(value)} messages"
+            )
+        message = _message(path, f"{where}, {key}[0]", value[0])
+        if message["role"] != "assistant":
+            raise DataError(
+                f"{path}: {where}: key {key!r}: expected the assistant's message, found role {message['role']!r}"
+            )
+        value = message["content"]
+    elif not isinstance(value, str):
+        raise DataError(
+            f"{path}: {where}: key {key!r}: expected a string (or a list of one assistant message), "
+            f"found {describe(value)}"
+        )
+    return _response(path, where, key, value)
 
 
 def _message(path: Path, where: str, message: Any) -> dict[str, str]:

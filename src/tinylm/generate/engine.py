@@ -11,7 +11,7 @@ the caller (`tinylm.api`).
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,9 +55,11 @@ def generate_batch(
     stop_ids: Sequence[int] = (),
     generator: torch.Generator | None = None,
     grammar: Grammar | None = None,
+    until: Callable[[list[Generated]], bool] | None = None,
 ) -> list[Generated]:
     """Generate for every prompt at once; results in prompt order. With a `grammar`, each row follows it
-    (`tinylm.generate.grammar`)."""
+    (`tinylm.generate.grammar`). `until(rows)`, asked after every step, ends the whole batch early when it
+    returns True (a caller's stop strings: the engine knows no text)."""
     if not _pads(model) and len({len(p) for p in prompts}) > 1:  # e.g. a recurrence cannot skip padding
         return [
             generate_batch(
@@ -69,6 +71,7 @@ def generate_batch(
                 stop_ids=stop_ids,
                 generator=generator,
                 grammar=grammar,
+                until=until,
             )[0]
             for p in prompts
         ]
@@ -81,6 +84,8 @@ def generate_batch(
             rows[r].logprobs.append(logprob)
             if token in stop_ids:
                 rows[r].finish_reason = "stop"
+        if until is not None and until(rows):
+            break
     return rows
 
 

@@ -1,7 +1,8 @@
 """`tinylm inspect-data CONFIG`: look at the training rows before training on them.
 
 Shows, for a few examples, exactly which tokens carry loss, and reports the truncation rate, examples
-missing their end-of-sequence token and over-long examples. It reads and tokenizes; it does not train.
+missing their end-of-sequence token and over-long examples; for DPO, each pair's prompt, chosen and rejected
+response. It reads and tokenizes; it does not train.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from rich.text import Text
 
 from tinylm.checkpoint import TOKENIZER_DIR
 from tinylm.config import RunConfig
-from tinylm.data.datasets import IGNORE_INDEX, QARows
+from tinylm.data.datasets import IGNORE_INDEX, PairRows, QARows
 from tinylm.errors import TinylmError
 from tinylm.hub import resolve_model
 from tinylm.tokenizers import load_tokenizer
@@ -25,6 +26,8 @@ def inspect_data(cfg: RunConfig, *, examples: int = 3) -> dict[str, float]:
     tokenizer = load_tokenizer(resolve_model(cfg.init_from) / TOKENIZER_DIR) if cfg.init_from else None
     data = prepare(cfg, tokenizer)
     tok = data.tokenizer
+    if isinstance(data.train, PairRows):
+        return _inspect_pairs(console, data.train, tok, data.stats, cfg, examples)
     if not isinstance(data.train, QARows):
         console.print(f"text data: {data.stats}; {len(data.train):,} windows of {cfg.data.max_length} tokens")
         return data.stats
@@ -48,6 +51,34 @@ def inspect_data(cfg: RunConfig, *, examples: int = 3) -> dict[str, float]:
         console.print(
             "[yellow]some examples are longer than data.max_length: raise it, or expect cut questions[/]"
         )
+    return s
+
+
+def _inspect_pairs(
+    console: Console, pairs: PairRows, tok, s: dict[str, float], cfg: RunConfig, examples: int
+) -> dict[str, float]:
+    """Each pair's prompt, then its chosen and rejected response (the tokens DPO scores), and the counts."""
+    plain = console.color_system is None
+    legend = "«between guillemets»" if plain else "[green]green[/green]"
+    console.print(f"[bold]preference pairs (DPO): the response tokens carrying loss are {legend}[/]\n")
+    for i, pair in enumerate(pairs.pairs[:examples]):
+        sizes = f"prompt {len(pair.prompt)}, chosen {len(pair.chosen)}, rejected {len(pair.rejected)} tokens"
+        console.print(f"[bold]pair {i}[/] ({sizes})")
+        prompt = "".join(tok.token_strings(pair.prompt))
+        console.print(Text("prompt:   ", style="bold") + Text(prompt, style="dim"))
+        for name, response in (("chosen:   ", pair.chosen), ("rejected: ", pair.rejected)):
+            text = "".join(tok.token_strings(response))  # every response token is scored
+            console.print(Text(name, style="bold") + Text(f"«{text}»" if plain else text, style="green"))
+        console.print()
+    n = max(int(s["pairs"]), 1)
+    held_out = f" (+{int(s['val_pairs'])} held out for validation)" if s.get("val_pairs") else ""
+    console.print(
+        f"train pairs {int(s['pairs'])}{held_out}, truncated {int(s['truncated'])} ({s['truncated'] / n:.1%}), "
+        f"mean tokens: prompt {s['prompt_tokens'] / n:.1f}, chosen {s['chosen_tokens'] / n:.1f}, "
+        f"rejected {s['rejected_tokens'] / n:.1f}; max_length {cfg.data.max_length}"
+    )
+    if s["truncated"]:
+        console.print("[yellow]some responses are cut at data.max_length: raise it, or expect cut answers[/]")
     return s
 
 

@@ -105,6 +105,7 @@ def estimate_report(
         "kind": c.kind,
         "params": s.params if s.params is not None else model_counts(c)[0],
         "batch_size": s.batch_size,
+        "rows_per_example": s.rows_per_example,
         "seq_len": s.seq_len,
         "device": s.device,
         "config_precision": s.precision,
@@ -145,7 +146,9 @@ def print_report(report: dict[str, Any], console: Any) -> None:
     fits = f"largest batch in {fmt_bytes(budget)}" if budget is not None else None
     console.print(
         f"[bold]{r['source']}[/]: {r['kind']} with {r['params']:,} parameters "
-        f"({r['params'] / 1e6:.2f}M), batch {r['batch_size']} x {r['seq_len']} tokens on {r['device']}"
+        f"({r['params'] / 1e6:.2f}M), batch {r['batch_size']}"
+        + (f" pairs ({r['rows_per_example']} rows each)" if r["rows_per_example"] > 1 else "")
+        + f" x {r['seq_len']} tokens on {r['device']}"
         + (f", attention kernel {r['attention']}" if r.get("attention") not in (None, "none") else "")
         + f"; device memory {fmt_bytes(budget) + ' (' + r['device_memory_from'] + ')' if budget else r['device_memory_from']}",
         highlight=False,

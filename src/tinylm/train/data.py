@@ -9,15 +9,26 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from tinylm.config import RunConfig, TokenizerConfig
-from tinylm.data.datasets import QARows, TokenDataset, TokenWindows, encode_example
-from tinylm.data.formats import Example, read_documents, read_examples
+from tinylm.data.datasets import (
+    PairRows,
+    QARows,
+    TokenDataset,
+    TokenWindows,
+    encode_example,
+    encode_pair,
+    pair_prompt,
+)
+from tinylm.data.formats import Example, Pair, read_documents, read_examples, read_pairs
 from tinylm.errors import DataError
 from tinylm.templates import layout_prompt
 from tinylm.tokenizers import EOS_TOKEN, Tokenizer, load_tokenizer, train_tokenizer
+
+T = TypeVar("T")  # an Example or a Pair
 
 
 @dataclass
@@ -41,6 +52,8 @@ def prepare(cfg: RunConfig, tokenizer: Tokenizer | None = None) -> Prepared:
     """Datasets for `cfg`; the tokenizer is trained on the data unless one is given (resume) or configured."""
     if cfg.data.kind == "text":
         return _prepare_text(cfg, tokenizer)
+    if cfg.train.objective == "dpo":
+        return _prepare_pairs(cfg, tokenizer)
     return _prepare_qa(cfg, tokenizer)
 
 
@@ -75,7 +88,36 @@ def _prepare_qa(cfg: RunConfig, tokenizer: Tokenizer | None) -> Prepared:
     return Prepared(tok, train, val, {**stats, "val_examples": len(val_ex)}, val_ex)
 
 
-def _hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+def _prepare_pairs(cfg: RunConfig, tokenizer: Tokenizer | None) -> Prepared:
+    """Preference pairs as `PairRows`; the val examples (for generation metrics) are the chosen answers."""
+    d = cfg.data
+    train_p = read_pairs(d.path, split=d.split, prompt_key=d.prompt_key)
+    if d.val_split is not None:
+        val_p = read_pairs(d.path, split=d.val_split, prompt_key=d.prompt_key)
+    else:
+        train_p, val_p = _hold_out(train_p, d.val_fraction, cfg.seed)
+    texts = [pair_prompt(p, d.prompt_template, tokenizer) + p.chosen + p.rejected for p in train_p + val_p]
+    tok = tokenizer or build_tokenizer(cfg.tokenizer, texts)
+    train, stats = _pair_rows(train_p, tok, cfg)
+    val = _pair_rows(val_p, tok, cfg)[0] if val_p else None
+    val_examples = [Example(p.prompt, p.chosen) for p in val_p]
+    return Prepared(tok, train, val, {**stats, "val_pairs": len(val_p)}, val_examples)
+
+
+def _pair_rows(pairs: list[Pair], tok: Tokenizer, cfg: RunConfig) -> tuple[PairRows, dict[str, float]]:
+    d = cfg.data
+    enc = [encode_pair(p, tok, template=d.prompt_template, max_length=d.max_length) for p in pairs]
+    stats = {
+        "pairs": len(enc),
+        "truncated": sum(e.truncated for e in enc),
+        "prompt_tokens": sum(len(e.prompt) for e in enc),
+        "chosen_tokens": sum(len(e.chosen) for e in enc),
+        "rejected_tokens": sum(len(e.rejected) for e in enc),
+    }
+    return PairRows(enc, tok.pad_id), stats
+
+
+def _hold_out(examples: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
     if fraction <= 0:
         return examples, []
     order = list(range(len(examples)))

@@ -21,6 +21,7 @@ from tinylm.footprint import (
     device_memory,
     fmt_bytes,
     largest_batch,
+    model_counts,
 )
 from tinylm.model import GPTConfig, build_model, count_params
 from tinylm.train.build import adapt, planned_model_config
@@ -33,7 +34,7 @@ def subject_for_run(
 ) -> Subject:
     """The Subject of a RunConfig: `model`, or the model `fit` would build (the tokenizer trained on the
     data if the config says so), frozen or LoRA-wrapped as configured; on `device` or the configured
-    accelerator."""
+    accelerator. A DPO run steps two rows per pair, beside a frozen reference copy if it keeps one."""
     t = cfg.train
     if model is None:
         with torch.device("meta"):
@@ -44,6 +45,7 @@ def subject_for_run(
         if accel == "auto":
             accel = "cuda" if torch.cuda.is_available() else "cpu"
         device = "cuda" if accel in ("cuda", "gpu") else "cpu"
+    dpo = t.objective == "dpo"
     return Subject(
         label,
         model.config,
@@ -56,6 +58,8 @@ def subject_for_run(
         params=count_params(model),
         trainable=count_params(model, trainable_only=True),
         buffers=sum(b.numel() for b in model.buffers()),
+        rows_per_example=2 if dpo else 1,
+        reference=sum(model_counts(model.config)) if dpo and t.dpo_reference == "copy" else 0,
     )
 
 

@@ -32,18 +32,19 @@ from tinylm.checkpoint import (
     save_checkpoint,
 )
 from tinylm.config import RunConfig, TrainConfig, dump_config
-from tinylm.data.datasets import BatchLoader, TokenDataset, eval_indices
+from tinylm.data.datasets import BatchLoader, PairRows, TokenDataset, eval_indices
 from tinylm.errors import CheckpointError, TinylmError
 from tinylm.files import write_text_atomic
 from tinylm.hf_model import HFModelConfig
 from tinylm.model import GPTConfig, build_model, count_params
 from tinylm.templates import layout_prompt
 from tinylm.tokenizers import Tokenizer, load_tokenizer
+from tinylm.train import dpo
 from tinylm.train.build import adapt, hf_model, init_path, model_config
 from tinylm.train.data import Prepared, prepare, resolve_resume
 from tinylm.train.fits import check_fits
 from tinylm.train.loggers import CSVLog, Loggers, TensorBoardLog, WandbLog
-from tinylm.train.loss import WithLoss, compute_loss, mean_loss
+from tinylm.train.loss import compute_loss, mean_loss, with_loss
 from tinylm.train.optim import lr_at, make_optimizer, warmup_steps_for
 from tinylm.train.progress import Progress
 from tinylm.train.rundir import claim_run_dir
@@ -71,7 +72,7 @@ class Run:
     data: Prepared
     raw_model: nn.Module  # the model itself: what is saved
     model_cfg: GPTConfig | HFModelConfig
-    model: nn.Module  # `WithLoss(raw_model)`, compiled if asked, set up by Fabric: what is stepped
+    model: nn.Module  # `with_loss(raw_model)`, compiled if asked, set up by Fabric: what is stepped
     optimizer: Any
     loader: BatchLoader
     val_set: TokenDataset | None
@@ -82,6 +83,7 @@ class Run:
     loggers: Loggers
     launched: float
     state: TrainState = field(default_factory=TrainState)
+    reference: nn.Module | None = None  # DPO with `dpo_reference: copy`: the frozen init_from model
 
     @property
     def run_dir(self) -> Path:
@@ -120,7 +122,7 @@ def setup(cfg: RunConfig) -> Run:
     )
     if fabric.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model = WithLoss(raw_model)  # compiled together, the loss fuses with the head: no fp32 logits in memory
+    model = with_loss(raw_model, t)  # compiled with the model, the loss fuses with the head: no fp32 logits
     model = torch.compile(model) if t.compile else model
     model, optimizer = fabric.setup(model, optimizer)
     limit = _overfit_limit(t.overfit_batches, len(data.train), t.batch_size * fabric.world_size)
@@ -162,6 +164,8 @@ def setup(cfg: RunConfig) -> Run:
         loggers=_make_loggers(cfg, run_dir) if fabric.is_global_zero else Loggers([]),
         launched=launched,
     )
+    if t.objective == "dpo":
+        _set_up_reference(run)
     if resume_from is not None:
         _restore(resume_from, run)
         if fabric.is_global_zero:
@@ -224,6 +228,24 @@ def _data_and_model(
     return data, raw_model, model_cfg
 
 
+def _set_up_reference(run: Run) -> None:
+    """DPO's reference: the frozen copy of the init_from model, or its log-probabilities precomputed into
+    the datasets now, while the model is still the init_from model (a resumed run restores them)."""
+    t = run.cfg.train
+    if t.dpo_reference == "copy":
+        dtype = next(run.raw_model.parameters()).dtype
+        run.reference = dpo.frozen_copy(run.cfg, run.model_cfg, run.fabric, dtype)
+    elif run.resume_from is None:
+        sets = [d for d in _pair_sets(run).values() if d is not None]
+        dpo.precompute(run.raw_model, sets, t.batch_size, run.fabric)
+
+
+def _pair_sets(run: Run) -> dict[str, PairRows | None]:
+    """A DPO run's datasets, by the names its trainer state keeps their reference values under."""
+    assert isinstance(run.data.train, PairRows), "objective dpo prepares PairRows"
+    return {"train": run.data.train, "val": run.data.val if isinstance(run.data.val, PairRows) else None}
+
+
 def _announce(run: Run) -> None:
     """Rank 0's first lines: the model's size, the batches, steps and processes, and the data."""
     n, trainable = count_params(run.raw_model), count_params(run.raw_model, trainable_only=True)
@@ -235,6 +257,9 @@ def _announce(run: Run) -> None:
         + (f"; resumed at step {run.state.step} from {run.resume_from}" if run.resume_from else "")
     )
     console.print(f"data: {_fmt_stats(run.data.stats)}")
+    t = run.cfg.train
+    if t.objective == "dpo":
+        console.print(f"objective: DPO, beta {t.dpo_beta}, reference {t.dpo_reference} ({run.cfg.init_from})")
 
 
 def _precision(t: TrainConfig) -> str:
@@ -254,6 +279,11 @@ def train(run: Run) -> None:
     warmup = warmup_steps_for(t.warmup, run.total_steps)
     min_lr = t.min_lr if t.min_lr is not None else t.learning_rate / 10
     progress = Progress(run.total_steps, enabled=run.fabric.is_global_zero, start=state.step)
+    if run.val_set is not None and t.objective == "dpo" and state.step == 0:
+        metrics = _validation(run)  # where the reward margin and accuracies start, logged at step 0
+        if run.fabric.is_global_zero:
+            progress.console.print(f"step 0: {_val_summary(metrics)}", highlight=False)
+            progress.shown(state.latest)
     batches = _batch_stream(run.loader, state)
     window = _Window(torch.zeros((), device=run.fabric.device))
     run.model.train()
@@ -298,6 +328,8 @@ def _step(run: Run, batches: Any, lr: float, window: _Window) -> None:
         group["lr"] = lr
     for micro in range(t.accumulate_grad_batches):
         batch = {k: v.to(fabric.device, non_blocking=True) for k, v in next(batches).items()}
+        if run.reference is not None:
+            batch["ref_logps"] = dpo.reference_logps(run.reference, batch, fabric)
         with fabric.no_backward_sync(model, enabled=micro < t.accumulate_grad_batches - 1):
             loss = compute_loss(model, batch) / t.accumulate_grad_batches
             fabric.backward(loss)
@@ -332,25 +364,42 @@ def _validate_and_save(run: Run, is_last: bool, progress: Progress) -> bool:
         return False
     if not (state.step % run.val_every == 0 or is_last):
         return False
-    run.model.eval()
-    metrics = {**validate(run), "elapsed_s": time.perf_counter() - run.launched, "unix_time": time.time()}
-    run.model.train()
-    state.latest.update(metrics)
-    run.loggers.log(metrics, state.step)
-    progress.note(f"step {state.step}: val_loss {metrics['val_loss']:.4f}")
+    metrics = _validation(run)
+    progress.note(f"step {state.step}: {_val_summary(metrics)}")
     checkpoint(run, state.latest.get(cfg.checkpoint.monitor), last=False)
     if t.stop_at_val_loss is None:
         return False
     return bool(run.fabric.broadcast(metrics["val_loss"] <= t.stop_at_val_loss, src=0))
 
 
+def _validation(run: Run) -> dict[str, float]:
+    """Validate at this step (in eval mode), and log the metrics with the time so far."""
+    run.model.eval()
+    metrics = {**validate(run), "elapsed_s": time.perf_counter() - run.launched, "unix_time": time.time()}
+    run.model.train()
+    run.state.latest.update(metrics)
+    run.loggers.log(metrics, run.state.step)
+    return metrics
+
+
+VAL_SUMMARY = ("val_loss", "val_dpo_margin", "val_dpo_accuracy", "val_dpo_chosen_likelier")
+
+
+def _val_summary(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {metrics[k]:.4f}" for k in VAL_SUMMARY if k in metrics)
+
+
 def validate(run: Run, max_batches: int | None = None) -> dict[str, float]:
-    """Validation loss and perplexity (over the first `max_batches` for the sanity check), and, when asked
-    for, BLEU/ROUGE/EM of greedy answers to the validation examples."""
+    """Validation loss and perplexity (over the first `max_batches` for the sanity check), or for DPO the
+    loss, reward margin and accuracies (`dpo.pair_metrics`), and, when asked for, BLEU/ROUGE/EM of greedy
+    answers to the validation examples."""
     t = run.cfg.train
     idx = run.val_idx if max_batches is None else run.val_idx[: max_batches * t.batch_size]
-    loss = mean_loss(run.model, run.val_set, idx, t.batch_size, run.fabric)
-    metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+    if t.objective == "dpo":
+        metrics = dpo.pair_metrics(run.model, run.val_set, idx, t.batch_size, run.fabric, run.reference)
+    else:
+        loss = mean_loss(run.model, run.val_set, idx, t.batch_size, run.fabric)
+        metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
     if t.compute_metrics and run.data.val_examples and max_batches is None:
         examples = run.data.val_examples[: t.metric_examples]
         metrics |= generation_metrics(run.raw_model, run.tokenizer, examples, run.cfg)
@@ -363,7 +412,7 @@ def finish(run: Run) -> None:
     if not run.fabric.is_global_zero:
         return
     state, t = run.state, run.cfg.train
-    summary = ", ".join(f"{k} {v:.4f}" for k, v in state.latest.items() if k in ("train_loss", "val_loss"))
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in state.latest.items() if k in ("train_loss", *VAL_SUMMARY))
     if state.step < run.total_steps:
         console.print(f"step {state.step}: val_loss reached stop_at_val_loss {t.stop_at_val_loss}")
     console.print(f"done: step {state.step}, {summary}; checkpoints in {run.manager.root}")
@@ -402,6 +451,8 @@ def save_step(run: Run) -> None:
         "manager": run.manager.state_dict(),
         "rng": _rng_state(),
     }
+    if cfg.train.objective == "dpo" and cfg.train.dpo_reference == "precomputed":
+        trainer_state["dpo_reference"] = dpo.saved_precomputed(_pair_sets(run))
     save_checkpoint(
         run.manager.step_dir(state.step),
         model=_weights_to_save(run.raw_model, cfg.train),
@@ -521,6 +572,9 @@ def _restore(path: Path, run: Run) -> None:
         ) from None
     if "cuda" in saved["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    t = run.cfg.train
+    if t.objective == "dpo" and t.dpo_reference == "precomputed":
+        dpo.restore_precomputed(saved.get("dpo_reference"), _pair_sets(run), str(path / STATE_FILE))
 
 
 def _fmt_stats(stats: dict[str, float]) -> str:

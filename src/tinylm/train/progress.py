@@ -50,6 +50,10 @@ class Progress:
             eta = (self.total - step) / rate if rate > 0 else float("nan")
             self.console.print(f"step {step}/{self.total} {_info(new)} eta {eta:.0f}s", highlight=False)
 
+    def shown(self, latest: dict[str, float]) -> None:
+        """Numbers already printed on a line of their own: the next update does not repeat them."""
+        self.last_printed = dict(latest)
+
     def note(self, text: str) -> None:
         if self.enabled and self.bar is not None:
             self.bar.console.print(text, highlight=False)
@@ -64,6 +68,8 @@ def _info(latest: dict[str, float]) -> str:
     for key, fmt in (
         ("train_loss", "loss {:.4f}"),
         ("val_loss", "val {:.4f}"),
+        ("val_dpo_margin", "margin {:.3f}"),
+        ("val_dpo_accuracy", "acc {:.2f}"),
         ("val_bleu", "bleu {:.3f}"),
         ("val_rougeL", "rougeL {:.3f}"),
         ("val_exact_match", "exact {:.3f}"),

@@ -45,6 +45,20 @@ def test_chunked_read_back_gives_the_same_rows(monkeypatch, every):
     assert greedy[0][2] == "stop" and greedy[0][0][-1] == stop and len(greedy[0][0]) <= 5
 
 
+def test_until_ends_the_batch_early_with_the_same_tokens_so_far():
+    model = _model()
+    full = generate_batch(model, PROMPTS, max_new_tokens=12, block_size=64)
+    asked = []
+    rows = generate_batch(
+        model,
+        PROMPTS,
+        max_new_tokens=12,
+        block_size=64,
+        until=lambda rows: asked.append(1) or len(asked) == 4,
+    )
+    assert [r.tokens for r in rows] == [r.tokens[:4] for r in full]
+
+
 def test_generation_past_the_context_window_keeps_going():
     model = _model()
     rows = generate_batch(model, PROMPTS, max_new_tokens=70, block_size=64)

@@ -31,12 +31,9 @@ def tiny_checkpoint(directory: Path) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_here(one_thread):
+    """Every server test runs its tiny models on one thread (`one_thread`, tests/unit/conftest.py)."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
